@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - create/refresh .venv, install vitlab, train a small VOLO on Animal-MNIST
+#   make test   - create/refresh .venv with test extras, run the fast test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# torch is pinned: a plain `torch` requirement would pull several GB of CUDA wheels.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench clean venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	# animal-mnist only ships the data arrays; its declared TensorFlow dependency is not needed.
+	$(PIP) install -q --no-deps animal-mnist==0.4
+	$(PIP) install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vitlab train --config configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(VENV)/bin/vitlab bench --model volo_d1 --batch 8 --img 224
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,6 @@
+"""``python -m vitlab`` (used by ``torchrun -m vitlab train ...``)."""
+import sys
+
+from vitlab.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Task heads: classifiers, dense decoders, DINO heads."""
