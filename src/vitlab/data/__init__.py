@@ -1,1 +1,1 @@
-"""data"""
+"""Datasets, pure-torch transforms, mixing and sampling."""
