@@ -1,1 +1,1 @@
-"""bench"""
+"""Measurement: parameters, multiply-adds, throughput and peak memory."""
