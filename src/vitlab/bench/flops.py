@@ -24,11 +24,27 @@ def count_macs(model: nn.Module, *inputs, depth: int = 2) -> tuple[int, dict[str
             model(*inputs)
     finally:
         model.train(was_training)
-    counts = counter.get_flop_counts()
     root = type(model).__name__
-    paths = {name[len(root) + 1:]: sum(ops.values()) // 2 for name, ops in counts.items()
-             if name.startswith(root + ".")}
-    cut = {p: v for p, v in paths.items() if p.count(".") < depth}
-    # keep the deepest paths at the cut: a module whose children are also listed is not repeated
-    leaves = {p: v for p, v in cut.items() if not any(q.startswith(p + ".") for q in cut)}
-    return counter.get_total_flops() // 2, leaves
+    totals = {name[len(root) + 1:]: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()
+              if name.startswith(root + ".")}
+    total = counter.get_total_flops() // 2
+    return total, group_by_prefix(totals, total, depth)
+
+
+def group_by_prefix(totals: dict[str, int], total: int, depth: int) -> dict[str, int]:
+    """Turn inclusive per-module counts into exclusive ones and sum them by their first ``depth`` name parts.
+
+    Containers that are iterated rather than called (a ``Sequential`` run block by block) are
+    absent from the counter's listing; the nearest listed ancestor takes their place.
+    """
+    def nearest_children(parent: str | None) -> list[str]:
+        below = [p for p in totals if parent is None or p.startswith(parent + ".")]
+        return [p for p in below if not any(p.startswith(q + ".") for q in below if q != p)]
+
+    grouped: dict[str, int] = {}
+    for path, inclusive in totals.items():
+        own = inclusive - sum(totals[c] for c in nearest_children(path))
+        key = ".".join(path.split(".")[:depth])
+        grouped[key] = grouped.get(key, 0) + own
+    grouped["(other)"] = total - sum(totals[c] for c in nearest_children(None))
+    return {k: v for k, v in grouped.items() if v}
