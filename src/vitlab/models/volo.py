@@ -339,7 +339,7 @@ VOLO_ARCHS = {
     "d4": dict(layers=[8, 8, 16, 4], embed_dims=[384, 768, 768, 768], num_heads=[12, 16, 16, 16], mlp_ratios=[3] * 4),
     "d5": dict(layers=[12, 12, 20, 4], embed_dims=[384, 768, 768, 768], num_heads=[12, 16, 16, 16],
                mlp_ratios=[4] * 4, stem_hidden_dim=128),
-    "tiny": dict(layers=[2, 1, 1, 1], embed_dims=[32, 64, 64, 64], num_heads=[2, 4, 4, 4], mlp_ratios=[3] * 4,
+    "micro": dict(layers=[2, 1, 1, 1], embed_dims=[32, 64, 64, 64], num_heads=[2, 4, 4, 4], mlp_ratios=[3] * 4,
                  stem_hidden_dim=16),
 }
 
@@ -415,6 +415,6 @@ def volo_d5_512(**kwargs):
 
 
 @register_model(pretrained_cfg={"crop_pct": 0.96})
-def volo_tiny(**kwargs):
-    """Tiny VOLO for tests and CPU demos (0.39M params, 64 px): layers 2,1,1,1, dims 32/64."""
-    return _volo("tiny", kwargs.pop("img_size", 64), **kwargs)
+def volo_micro(**kwargs):
+    """Micro VOLO for tests and CPU demos (0.39M params, 64 px): layers 2,1,1,1, dims 32/64."""
+    return _volo("micro", kwargs.pop("img_size", 64), **kwargs)
