@@ -1,0 +1,93 @@
+"""``vitlab bench``: parameters, GMACs, inference / train-step images/s and peak memory of a model."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+COMMAND = "bench"
+HELP = "measure params, GMACs (multiply-adds), images/s and peak memory of a model"
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="variant name or model folder")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--img", type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument("--frames", type=int, default=None, help="clip length for video models")
+    p.add_argument("--train", action="store_true", help="also time a training step (forward + backward + update)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--no-flops", action="store_true", help="skip the multiply-add count")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_for_bench(name: str, img: int | None):
+    import os
+
+    import vitlab
+    from vitlab.models.registry import get_entry
+    if os.path.isdir(name):
+        return vitlab.from_pretrained(name)
+    kwargs = {"img_size": img} if img else {}
+    entry = get_entry(name)
+    try:
+        return vitlab.create_model(name, **kwargs)
+    except TypeError:
+        if entry.is_family:
+            raise ValueError(f"'{name}' is a family name: bench needs a variant, e.g. "
+                             f"{', '.join(vitlab.list_models(family=entry.family)[:4])}")
+        return vitlab.create_model(name)
+
+
+def example_input(model, batch: int, img: int | None, frames: int | None) -> torch.Tensor:
+    shape = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    if img:
+        shape = shape[:-2] + (img, img)
+    if frames:
+        shape = (shape[0], frames) + shape[-2:]
+    return torch.randn(batch, *shape)
+
+
+def format_result(r) -> str:
+    fmt = lambda v, unit="": "n/a" if v is None else f"{v:,.2f}{unit}"  # noqa: E731
+    lines = [
+        f"model          {r.model}  (input {'x'.join(map(str, r.input_shape))}, batch {r.batch}, {r.dtype}, "
+        f"{r.device}, {r.threads} threads)",
+        f"params         {r.params_m:.2f} M",
+        f"GMACs          {fmt(r.gmacs)}  (multiply-adds per image)",
+        f"inference      {fmt(r.infer_img_s)} img/s   peak memory {fmt(r.infer_peak_mb, ' MB')}",
+    ]
+    if r.train_img_s is not None:
+        lines.append(f"train step     {fmt(r.train_img_s)} img/s   peak memory {fmt(r.train_peak_mb, ' MB')}")
+    lines += [f"note           {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from vitlab.bench.throughput import benchmark_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    device = torch.device(args.device)
+    model = build_for_bench(args.model, args.img).to(device)
+    x = example_input(model, args.batch, args.img, args.frames).to(device)
+    if args.channels_last and x.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    flops_model = model
+    if args.compile:
+        model = torch.compile(model)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    result = benchmark_model(model, x, name=getattr(flops_model, "model_name", args.model), train=args.train,
+                             warmup=args.warmup, iters=args.iters, amp_dtype=amp, count_flops=False)
+    if not args.no_flops:
+        from vitlab.bench.flops import count_macs
+        result.gmacs = round(count_macs(flops_model, x[:1])[0] / 1e9, 3)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_result(result))
+    return 0
