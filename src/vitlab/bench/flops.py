@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """The CPU fused attention kernel is missing from torch's FLOP registry; count it like the GPU ones."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops} \
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") else {}
 
 
 def count_macs(model: nn.Module, *inputs, depth: int = 2) -> tuple[int, dict[str, int]]:
@@ -18,7 +27,7 @@ def count_macs(model: nn.Module, *inputs, depth: int = 2) -> tuple[int, dict[str
     """
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, depth=depth)
+    counter = FlopCounterMode(display=False, depth=depth, custom_mapping=_CPU_SDPA)
     try:
         with counter, torch.no_grad():
             model(*inputs)
