@@ -147,7 +147,7 @@ def classifier_keys(model: nn.Module) -> list[str]:
 
 def suggest_variant(model: nn.Module, state_dict: dict) -> str | None:
     """Name the registered variant of the model's family whose shapes fit ``state_dict`` best."""
-    from vitlab.models.registry import get_entry, list_models, create_model
+    from vitlab.models.registry import build_without_weights, get_entry, list_models
     name = getattr(model, "model_name", None)
     if not name:
         return None
@@ -155,9 +155,8 @@ def suggest_variant(model: nn.Module, state_dict: dict) -> str | None:
     best, best_score = None, -1.0
     for variant in list_models(family=family):
         try:
-            with torch.device("meta"):
-                candidate = create_model(variant)
-        except Exception:  # a variant that cannot be built on the meta device is simply skipped
+            candidate = build_without_weights(variant)
+        except Exception:  # a variant that cannot be built bare is simply not suggested
             continue
         shapes = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
         ckpt = {k: tuple(v.shape) for k, v in state_dict.items()}

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 COMMAND = "info"
 HELP = "show a model's family, parameter count, preprocessing config and feature maps"
 
@@ -32,9 +30,14 @@ def describe(model) -> dict:
 
 
 def run(args) -> int:
-    from vitlab.cli.bench import build_for_bench
-    with torch.device("meta"):
-        model = build_for_bench(args.model, args.img)
+    import os
+
+    import vitlab
+    from vitlab.models.registry import build_without_weights
+    if os.path.isdir(args.model):
+        model = vitlab.from_pretrained(args.model)
+    else:
+        model = build_without_weights(args.model, **({"img_size": args.img} if args.img else {}))
     info = describe(model)
     if args.json:
         print(json.dumps(info, indent=2, default=str))

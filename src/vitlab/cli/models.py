@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 COMMAND = "models"
 HELP = "list model names (fnmatch pattern) with parameter counts"
 
@@ -16,12 +14,11 @@ def add_arguments(p):
 
 
 def count_params(name: str) -> int | None:
-    """Parameter count of a variant, built on the meta device (no memory, no init cost)."""
-    from vitlab.models.registry import create_model
+    """Parameter count of a variant, built without weights where possible."""
+    from vitlab.models.registry import build_without_weights
     try:
-        with torch.device("meta"):
-            model = create_model(name)
-    except Exception:  # families without defaults cannot be built bare
+        model = build_without_weights(name)
+    except TypeError:  # a family name needs its constructor arguments
         return None
     return sum(p.numel() for p in model.parameters())
 

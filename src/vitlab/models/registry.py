@@ -133,5 +133,19 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     return model
 
 
+def build_without_weights(name: str, **kwargs) -> nn.Module:
+    """Build a model for inspection (shapes, parameter counts) as cheaply as possible.
+
+    Uses the meta device (no memory, no initialisation); constructors that need real tensor data
+    (e.g. ``linspace(...).tolist()``) fall back to a normal CPU build.
+    """
+    import torch
+    try:
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
+    except (NotImplementedError, RuntimeError):
+        return create_model(name, **kwargs)
+
+
 def family_of(name: str) -> str:
     return get_entry(name).family
