@@ -33,6 +33,7 @@ from torch import nn
 
 from vitlab.attention.pale import PaleAttention
 from vitlab.layers import DropPath, Mlp, init_weights_trunc_normal, trunc_normal_
+from vitlab.layers.drop import linear_drop_path_rates
 from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
@@ -129,7 +130,7 @@ class PaleTransformer(VitlabModel):
         self.num_features = embed_dims[-1]
         self.drop_rate = drop_rate
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = linear_drop_path_rates(drop_path_rate, sum(depths))
         stages, feature_info, reduction, prev = [], [], 1, in_chans
         for i in range(n):
             kernel, stride = (stem_kernel, stem_stride) if i == 0 else (merge_kernel, merge_stride)
