@@ -122,6 +122,14 @@ class _ATMBase(nn.Module):
         for name, m in self.named_modules():
             init_weights_trunc_normal(m)
 
+    def reset_classes(self, num_classes: int) -> None:
+        """Fresh class queries and class head for ``num_classes`` (the rest of the decoder is kept)."""
+        device = self.class_embed.weight.device
+        self.num_classes = num_classes
+        self.q = nn.Embedding(num_classes, self.embed_dims, device=device)
+        self.class_embed = nn.Linear(self.embed_dims, num_classes + 1, device=device)
+        init_weights_trunc_normal(self.class_embed)
+
     def _stage(self, i: int) -> tuple[nn.Module, nn.Module, ATMDecoder]:
         return getattr(self, f"input_proj_{i + 1}"), getattr(self, f"proj_norm_{i + 1}"), getattr(self, f"decoder_{i + 1}")
 
@@ -175,7 +183,7 @@ class ATMHead(_ATMBase):
     def forward_outputs(self, inputs, out_size=None, with_aux: bool = True) -> dict:
         feats = self._take_inputs(inputs)[::-1]
         B = feats[0][0].shape[0]
-        q = self.q.weight.unsqueeze(0).expand(B, -1, -1)
+        q = self.q.weight.unsqueeze(0).repeat(B, 1, 1)
         qs, masks = [], []
         for i, (x, hw) in enumerate(feats):
             proj, norm, decoder = self._stage(i)
@@ -215,7 +223,7 @@ class ATMSingleHead(_ATMBase):
                 cur = cur + prev.flatten(2).transpose(1, 2)
             lateral, hw = cur, x_hw
         B = lateral.shape[0]
-        q = self.q.weight.unsqueeze(0).expand(B, -1, -1)
+        q = self.q.weight.unsqueeze(0).repeat(B, 1, 1)
         qs, masks = [], []
         for i in range(self.use_stages):
             for q_i, mask_logits in self._stage(i)[2](q, lateral):
@@ -223,3 +231,4 @@ class ATMSingleHead(_ATMBase):
                 masks.append(tokens_to_map(mask_logits.transpose(1, 2), hw))
             q = qs[-1]
         return self._finish(list(self.class_embed(torch.stack(qs))), masks, out_size, with_aux)
+

@@ -89,6 +89,10 @@ class TPNATMHead(nn.Module):
             q = F.interpolate(table, size=grid, mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)[0]
         return q, grid
 
+    def reset_classes(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.atm.reset_classes(num_classes)
+
     def forward(self, inputs, out_size=None):
         out = self.forward_outputs(inputs, out_size, with_aux=self.training)
         return out if self.training else out["pred"]
@@ -101,7 +105,7 @@ class TPNATMHead(nn.Module):
         out_hw = self.atm._out_size(out_size)
         q, grid = self._queries(out_hw)
         feats = [flatten_feature(x)[0] for x in inputs[:self.use_stages]]
-        q = q.unsqueeze(0).expand(feats[0].shape[0], -1, -1)
+        q = q.unsqueeze(0).repeat(feats[0].shape[0], 1, 1)
         for i, x in enumerate(feats):
             proj, norm = getattr(self, f"input_proj_{i + 1}"), getattr(self, f"proj_norm_{i + 1}")
             q = getattr(self, f"decoder_{i + 1}")(q, norm(proj(x)))
