@@ -1,0 +1,284 @@
+"""Pure-torch image transforms (no torchvision).
+
+Every transform is a callable ``t(img, generator=None) -> img`` on float ``(C, H, W)`` tensors in
+[0, 1] (before :class:`Normalize`). Randomness comes only from the ``generator`` argument, so a
+sample's augmentation is a function of its seed: runs repeat exactly and resume exactly, whatever
+the number of loader workers. :func:`to_tensor` converts PIL images, NumPy arrays and uint8
+tensors first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def to_tensor(img) -> torch.Tensor:
+    """PIL image / (H, W[, C]) array / (C, H, W) tensor -> float (C, H, W) in [0, 1]."""
+    if isinstance(img, torch.Tensor):
+        t = img
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+    if not isinstance(img, np.ndarray):  # PIL
+        img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {img.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def _rand(generator) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _uniform(lo: float, hi: float, generator) -> float:
+    return lo + (hi - lo) * _rand(generator)
+
+
+def resize(img: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize a (C, H, W) tensor; bilinear/bicubic antialias when shrinking (like PIL)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    kw = {} if interpolation == "nearest" else {"align_corners": False, "antialias": True}
+    out = F.interpolate(img.unsqueeze(0), size=size, mode=interpolation, **kw)[0]
+    return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out
+
+
+class Compose:
+    def __init__(self, transforms: Sequence):
+        self.transforms = [t for t in transforms if t is not None]
+
+    def __call__(self, img, generator=None):
+        for t in self.transforms:
+            img = t(img, generator)
+        return img
+
+    def __repr__(self) -> str:
+        return "Compose(" + ", ".join(repr(t) for t in self.transforms) + ")"
+
+    def set_normalization(self, mean, std) -> None:
+        """Replace the statistics of the :class:`Normalize` step (e.g. with a dataset's own)."""
+        for i, t in enumerate(self.transforms):
+            if isinstance(t, Normalize):
+                self.transforms[i] = Normalize(mean, std)
+
+
+class ToTensor:
+    def __call__(self, img, generator=None):
+        return to_tensor(img)
+
+
+class ToChannels:
+    """Repeat a 1-channel image to ``n`` channels (or check the count matches)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, img, generator=None):
+        if img.shape[0] == self.n:
+            return img
+        if img.shape[0] == 1:
+            return img.expand(self.n, -1, -1).contiguous()
+        if self.n == 1 and img.shape[0] == 3:
+            return img.mean(0, keepdim=True)
+        raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {self.n} channels")
+
+
+class RandomResizedCrop:
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform), resize to ``size``."""
+
+    def __init__(self, size: int | tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 interpolation: str = "bicubic"):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.ratio, self.interpolation = tuple(scale), tuple(ratio), interpolation
+
+    def box(self, h: int, w: int, generator=None) -> tuple[int, int, int, int]:
+        area = h * w
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * _uniform(*self.scale, generator)
+            aspect = math.exp(_uniform(*log_ratio, generator))
+            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (), generator=generator))
+                left = int(torch.randint(0, w - cw + 1, (), generator=generator))
+                return top, left, ch, cw
+        # fallback: centre crop with the ratio clamped into range
+        in_ratio = w / h
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def __call__(self, img, generator=None):
+        top, left, ch, cw = self.box(img.shape[-2], img.shape[-1], generator)
+        return resize(img[:, top:top + ch, left:left + cw], self.size, self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, img, generator=None):
+        return img.flip(-1) if self.p > 0 and _rand(generator) < self.p else img
+
+
+class ColorJitter:
+    """Random brightness, contrast and saturation factors in [1 - s, 1 + s], applied in a random order."""
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        self.strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+
+    def __call__(self, img, generator=None):
+        order = torch.randperm(3, generator=generator).tolist()
+        names = list(self.strengths)
+        for i in order:
+            s = self.strengths[names[i]]
+            if s <= 0:
+                continue
+            f = _uniform(max(0.0, 1 - s), 1 + s, generator)
+            img = ADJUST[names[i]](img, f)
+        return img
+
+
+def grayscale(img: torch.Tensor) -> torch.Tensor:
+    if img.shape[0] == 1:
+        return img
+    r, g, b = img[0], img[1], img[2]
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(0)
+
+
+def blend(a: torch.Tensor, b: torch.Tensor, factor: float) -> torch.Tensor:
+    """``b + factor * (a - b)`` clamped to [0, 1] (PIL ImageEnhance semantics, ``a`` the image)."""
+    return (b + factor * (a - b)).clamp(0.0, 1.0)
+
+
+ADJUST = {
+    "brightness": lambda img, f: blend(img, torch.zeros_like(img), f),
+    "contrast": lambda img, f: blend(img, grayscale(img).mean().expand_as(img), f),
+    "saturation": lambda img, f: blend(img, grayscale(img).expand_as(img), f),
+}
+
+
+class Normalize:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img, generator=None):
+        if img.shape[0] != self.mean.shape[0]:
+            raise ValueError(f"Normalize has {self.mean.shape[0]} channel statistics but the image has "
+                             f"{img.shape[0]} channels")
+        return (img - self.mean) / self.std
+
+
+class RandomErasing:
+    """Random erasing (Zhong et al., arXiv 1708.04896), timm's 'pixel' mode: per-pixel normal noise.
+
+    Runs after normalisation; ``prob`` is the chance to erase, area fraction in ``area``,
+    log-uniform aspect in ``ratio``, ``count`` boxes.
+    """
+
+    def __init__(self, prob: float = 0.25, area=(0.02, 1 / 3), ratio=(0.3, 3.3), mode: str = "pixel", count: int = 1):
+        if mode not in ("pixel", "rand", "const"):
+            raise ValueError(f"random erasing mode must be pixel, rand or const, got {mode!r}")
+        self.prob, self.area, self.ratio, self.mode, self.count = prob, area, ratio, mode, count
+
+    def __call__(self, img, generator=None):
+        if self.prob <= 0 or _rand(generator) >= self.prob:
+            return img
+        img = img.clone()
+        c, h, w = img.shape
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(self.count):
+            for _ in range(10):
+                target = h * w * _uniform(*self.area, generator) / self.count
+                aspect = math.exp(_uniform(*log_ratio, generator))
+                eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+                if 0 < eh < h and 0 < ew < w:
+                    top = int(torch.randint(0, h - eh + 1, (), generator=generator))
+                    left = int(torch.randint(0, w - ew + 1, (), generator=generator))
+                    if self.mode == "pixel":
+                        fill = torch.randn((c, eh, ew), generator=generator)
+                    elif self.mode == "rand":
+                        fill = torch.randn((c, 1, 1), generator=generator).expand(c, eh, ew)
+                    else:
+                        fill = torch.zeros((c, eh, ew))
+                    img[:, top:top + eh, left:left + ew] = fill
+                    break
+        return img
+
+
+class ResizeCenterCrop:
+    """Evaluation transform: resize the short side to ``size / crop_pct``, then centre-crop ``size``."""
+
+    def __init__(self, size: int | tuple[int, int], crop_pct: float = 0.875, interpolation: str = "bicubic"):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        if not 0 < crop_pct <= 2:
+            raise ValueError(f"crop_pct must be in (0, 2], got {crop_pct}")
+        self.crop_pct, self.interpolation = crop_pct, interpolation
+
+    def __call__(self, img, generator=None):
+        h, w = img.shape[-2:]
+        scale_to = math.floor(max(self.size) / self.crop_pct)
+        if h <= w:
+            nh, nw = scale_to, max(1, int(round(w * scale_to / h)))
+        else:
+            nh, nw = max(1, int(round(h * scale_to / w))), scale_to
+        img = resize(img, (nh, nw), self.interpolation)
+        top, left = (nh - self.size[0]) // 2, (nw - self.size[1]) // 2
+        if top < 0 or left < 0:  # crop_pct > 1: pad by resizing to at least the target
+            img = resize(img, (max(nh, self.size[0]), max(nw, self.size[1])), self.interpolation)
+            top, left = max(top, 0), max(left, 0)
+        return img[:, top:top + self.size[0], left:left + self.size[1]]
+
+    def __repr__(self) -> str:
+        return f"ResizeCenterCrop(size={self.size}, crop_pct={self.crop_pct}, {self.interpolation})"
+
+
+def build_train_transform(img_size: int | tuple[int, int], mean, std, in_chans: int = 3, scale=(0.08, 1.0),
+                          ratio=(3 / 4, 4 / 3), hflip: float = 0.5, color_jitter: float = 0.0,
+                          auto_augment: str | None = None, reprob: float = 0.0, remode: str = "pixel",
+                          recount: int = 1, interpolation: str = "bicubic") -> Compose:
+    """timm-style training pipeline: random resized crop, flip, RandAugment or colour jitter, normalise, erase."""
+    from .randaugment import RandAugment
+    steps = [ToTensor(), ToChannels(in_chans), RandomResizedCrop(img_size, scale, ratio, interpolation)]
+    if hflip > 0:
+        steps.append(RandomHorizontalFlip(hflip))
+    if auto_augment:
+        steps.append(RandAugment.from_string(auto_augment))
+    elif color_jitter > 0:
+        steps.append(ColorJitter(color_jitter, color_jitter, color_jitter))
+    steps.append(Normalize(mean, std))
+    if reprob > 0:
+        steps.append(RandomErasing(reprob, mode=remode, count=recount))
+    return Compose(steps)
+
+
+def build_eval_transform(pretrained_cfg: dict, in_chans: int | None = None, mean=None, std=None,
+                         img_size: int | None = None, crop_pct: float | None = None) -> Compose:
+    """Evaluation pipeline from a model's ``pretrained_cfg`` (input_size, crop_pct, interpolation, mean, std)."""
+    size = img_size or tuple(pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
+    chans = in_chans or pretrained_cfg.get("input_size", (3,))[0]
+    mean = mean if mean is not None else pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
+    std = std if std is not None else pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+    return Compose([ToTensor(), ToChannels(chans),
+                    ResizeCenterCrop(size, crop_pct or pretrained_cfg.get("crop_pct", 0.875),
+                                     pretrained_cfg.get("interpolation", "bicubic")),
+                    Normalize(mean, std)])
