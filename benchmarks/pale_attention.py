@@ -30,7 +30,10 @@ CASES = [
 
 
 def per_pale_loop(q, k, v, num_heads: int, pale: int, scale: float) -> torch.Tensor:
-    """Reference: one SDPA call per interlaced group and half, tokens gathered and scattered explicitly."""
+    """Reference: one SDPA call per interlaced group and half, tokens gathered and scattered explicitly.
+
+    (B, H, W, C) in and out, like :func:`pale_attention`; the gathers index NCHW views of the maps."""
+    q, k, v = (t.permute(0, 3, 1, 2) for t in (q, k, v))
     B, C, H, W = q.shape
     half, hh = C // 2, num_heads // 2
     d = C // num_heads
@@ -86,7 +89,7 @@ def main() -> int:
     rows = []
     for label, H, W, C, heads, pale in CASES:
         gen = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(args.batch, C, H, W, generator=gen).to(args.device, dtype) for _ in range(3))
+        q, k, v = (torch.randn(args.batch, H, W, C, generator=gen).to(args.device, dtype) for _ in range(3))
         scale = (C // heads) ** -0.5
         with torch.no_grad():
             fast = pale_attention(q, k, v, heads, (pale, pale), scale)

@@ -35,24 +35,24 @@ def pale_groups(length: int, pale: int) -> int:
 
 
 def row_group_partition(x: torch.Tensor, pale_rows: int, num_heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B*G, heads, pale_rows*W, C/heads) with G = H / pale_rows.
+    """Channels-last (B, H, W, C) -> (B*G, heads, pale_rows*W, C/heads) with G = H / pale_rows.
 
     Row h = i*G + g (i < pale_rows) goes to group g, so group g is the interlaced rows
-    g, g+G, g+2G, ... of Eq. (1)-(2). ``H`` must be a multiple of ``pale_rows`` (pad first).
-    Tokens inside a group are ordered (row i, column w).
+    g, g+G, g+2G, ... of Sec. 3.1. ``H`` must be a multiple of ``pale_rows`` (pad first).
+    Tokens inside a group are ordered (row i, column w); channel c is head c // (C/heads).
     """
-    B, C, H, W = x.shape
+    B, H, W, C = x.shape
     if H % pale_rows or C % num_heads:
         raise ValueError(f"row_group_partition needs H % pale_rows == 0 and C % num_heads == 0, got "
                          f"H={H}, pale_rows={pale_rows}, C={C}, num_heads={num_heads}")
     G, d = H // pale_rows, C // num_heads
-    x = x.reshape(B, num_heads, d, pale_rows, G, W)
-    x = x.permute(0, 4, 1, 3, 5, 2)  # B, G, heads, pale_rows, W, d
+    x = x.reshape(B, pale_rows, G, W, num_heads, d)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # B, G, heads, pale_rows, W, d
     return x.reshape(B * G, num_heads, pale_rows * W, d)
 
 
 def row_group_reverse(x: torch.Tensor, pale_rows: int, batch: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`row_group_partition`, returning channels-last (B, H, W, C)."""
+    """Inverse of :func:`row_group_partition`: back to channels-last (B, H, W, C)."""
     G = height // pale_rows
     num_heads, d = x.shape[1], x.shape[-1]
     x = x.reshape(batch, G, num_heads, pale_rows, width, d)
@@ -61,12 +61,12 @@ def row_group_reverse(x: torch.Tensor, pale_rows: int, batch: int, height: int, 
 
 
 def column_group_partition(x: torch.Tensor, pale_cols: int, num_heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B*G, heads, H*pale_cols, C/heads): interlaced column groups (the transpose of rows)."""
-    return row_group_partition(x.transpose(-2, -1), pale_cols, num_heads)
+    """(B, H, W, C) -> (B*G, heads, H*pale_cols, C/heads): interlaced column groups (rows of the transpose)."""
+    return row_group_partition(x.transpose(1, 2), pale_cols, num_heads)
 
 
 def column_group_reverse(x: torch.Tensor, pale_cols: int, batch: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`column_group_partition`, returning channels-last (B, H, W, C)."""
+    """Inverse of :func:`column_group_partition`: back to channels-last (B, H, W, C)."""
     return row_group_reverse(x, pale_cols, batch, width, height).transpose(1, 2)
 
 
@@ -81,13 +81,13 @@ def _group_key_mask(length: int, pale: int, other: int, batch: int, device) -> t
 
 
 def _half_attention(q, k, v, pale: int, num_heads: int, scale: float, dropout_p: float, by_rows: bool):
-    """One half of PS-attention on (B, C/2, H, W) maps -> channels-last (B, H, W, C/2)."""
-    B, _, H, W = q.shape
+    """One half of PS-attention on channels-last (B, H, W, C/2) maps -> (B, H, W, C/2)."""
+    B, H, W, _ = q.shape
     length, other = (H, W) if by_rows else (W, H)
     G = pale_groups(length, pale)
     pad = G * pale - length
     if pad:
-        padding = (0, 0, 0, pad) if by_rows else (0, pad)
+        padding = (0, 0, 0, 0, 0, pad) if by_rows else (0, 0, 0, pad)
         q, k, v = (F.pad(t, padding) for t in (q, k, v))
     part = row_group_partition if by_rows else column_group_partition
     rev = row_group_reverse if by_rows else column_group_reverse
@@ -101,66 +101,59 @@ def _half_attention(q, k, v, pale: int, num_heads: int, scale: float, dropout_p:
 
 def pale_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, pale_size: tuple[int, int],
                    scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """PS-attention, parallel form (arXiv 2112.14000 Eq. 3-4), before the output projection.
+    """PS-attention, parallel form (arXiv 2112.14000 Sec. 3.2), before the output projection.
 
-    ``q, k, v``: (B, C, H, W). Channels [0, C/2) and the first ``num_heads/2`` heads form the row
-    half (interlaced-row groups of ``pale_size[0]`` rows); channels [C/2, C) and the other heads the
-    column half (``pale_size[1]`` interlaced columns). Returns channels-last (B, H, W, C): row half
-    first, then column half. Any H, W: see the module docstring for the padding rule.
+    ``q, k, v``: channels-last (B, H, W, C). Channels [0, C/2) and the first ``num_heads/2`` heads
+    form the row half (interlaced-row groups of ``pale_size[0]`` rows); channels [C/2, C) and the
+    other heads the column half (``pale_size[1]`` interlaced columns). Returns (B, H, W, C): row
+    half first, then column half. Any H, W: see the module docstring for the padding rule.
     """
     if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"pale_attention expects q, k, v of one shape (B, C, H, W), got "
+        raise ValueError(f"pale_attention expects q, k, v of one shape (B, H, W, C), got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    C = q.shape[1]
+    C = q.shape[-1]
     if num_heads < 2 or num_heads % 2 or C % num_heads:
         raise ValueError(f"PS-attention splits heads evenly between rows and columns: num_heads must be even "
                          f"and divide the channels, got num_heads={num_heads}, channels={C}")
     half_heads, half = num_heads // 2, C // 2
     scale = scale if scale is not None else (C // num_heads) ** -0.5
-    rows = _half_attention(q[:, :half], k[:, :half], v[:, :half], pale_size[0], half_heads, scale, dropout_p, True)
-    cols = _half_attention(q[:, half:], k[:, half:], v[:, half:], pale_size[1], half_heads, scale, dropout_p, False)
+    rows = _half_attention(q[..., :half], k[..., :half], v[..., :half], pale_size[0], half_heads, scale,
+                           dropout_p, True)
+    cols = _half_attention(q[..., half:], k[..., half:], v[..., half:], pale_size[1], half_heads, scale,
+                           dropout_p, False)
     return torch.cat([rows, cols], dim=-1)
 
 
-class SeparableQKV(nn.Module):
-    """q, k, v by CvT-style separable convolutions (Wu et al. 2021, arXiv 2103.15808, Sec. 3.2).
-
-    Per projection: depth-wise 3x3 (no bias) -> BatchNorm -> point-wise 1x1. The three depth-wise
-    convolutions run as one grouped conv with 3 filters per channel (``dw``, output channel 3c+j is
-    projection j of channel c), then one BatchNorm over the 3C maps (``bn``) and one point-wise conv
-    with 3 groups (``pw``: group j maps projection j's C channels to C outputs). This equals three
-    separate separable convolutions and costs one kernel launch each. NCHW in, (q, k, v) NCHW out.
-    """
+class SeparableConvProjection(nn.Module):
+    """One CvT-style separable projection (Wu et al. 2021, arXiv 2103.15808, Sec. 3.2):
+    depth-wise 3x3 conv (no bias) -> BatchNorm -> point-wise linear. Channels-last (B, H, W, C) in and out."""
 
     def __init__(self, dim: int, bias: bool = True, kernel_size: int = 3):
         super().__init__()
-        self.dim = dim
-        self.dw = nn.Conv2d(dim, 3 * dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
-        self.bn = nn.BatchNorm2d(3 * dim)
-        self.pw = nn.Conv2d(3 * dim, 3 * dim, 1, groups=3, bias=bias)
+        self.dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+        self.pw = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor):
-        B, C, H, W = x.shape
-        y = self.bn(self.dw(x))
-        # (B, C, 3, H, W) -> (B, 3, C, H, W): gather each projection's C depth-wise maps together
-        y = y.reshape(B, C, 3, H, W).transpose(1, 2).reshape(B, 3 * C, H, W)
-        return self.pw(y).chunk(3, dim=1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # NHWC -> NCHW is a view with channels-last strides; the convolution keeps that memory format
+        return self.pw(self.bn(self.dw(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1))
 
     @torch.no_grad()
     def set_identity(self) -> None:
-        """Make q = k = v = x exactly in eval mode (centre-tap depth-wise, identity BN and point-wise)."""
+        """Make the projection exactly the identity in eval mode (centre tap, neutral BN, identity linear)."""
         centre = self.dw.kernel_size[0] // 2
         self.dw.weight.zero_()
         self.dw.weight[:, 0, centre, centre] = 1.0
         self.bn.reset_parameters()
         self.bn.running_var.fill_(1.0 - self.bn.eps)  # so that 1/sqrt(var + eps) == 1
-        self.pw.weight.copy_(torch.eye(self.dim).repeat(3, 1)[:, :, None, None])
+        self.pw.weight.copy_(torch.eye(self.pw.in_features))
         if self.pw.bias is not None:
             self.pw.bias.zero_()
 
 
 class PaleAttention(nn.Module):
-    """PS-attention module on channels-last (B, H, W, C) tokens: separable-conv q/k/v, row/column halves, ``proj``."""
+    """PS-attention on channels-last (B, H, W, C) tokens: separable-conv ``q``/``k``/``v``, row and column
+    halves, output projection ``proj``."""
 
     def __init__(self, dim: int, num_heads: int, pale_size: int | tuple[int, int] = 7, qkv_bias: bool = True,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -174,15 +167,24 @@ class PaleAttention(nn.Module):
             raise ValueError(f"pale_size must be a positive int or (s_r, s_c), got {pale_size}")
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
-        self.qkv = SeparableQKV(dim, bias=qkv_bias)
+        self.q = SeparableConvProjection(dim, qkv_bias)
+        self.k = SeparableConvProjection(dim, qkv_bias)
+        self.v = SeparableConvProjection(dim, qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x.permute(0, 3, 1, 2))
-        out = pale_attention(q, k, v, self.num_heads, self.pale_size, self.scale,
+        out = pale_attention(self.q(x), self.k(x), self.v(x), self.num_heads, self.pale_size, self.scale,
                              self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, pale_size={self.pale_size}"
+
+    def set_identity_projections(self) -> None:
+        """q = k = v = x and an identity ``proj`` (eval mode): exposes the bare attention pattern (tests, plots)."""
+        for proj in (self.q, self.k, self.v):
+            proj.set_identity()
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(self.proj.in_features))
+            self.proj.bias.zero_()

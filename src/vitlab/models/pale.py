@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from vitlab.attention.pale import PaleAttention
-from vitlab.layers import DropPath, Mlp, init_weights_trunc_normal, trunc_normal_
+from vitlab.layers import DropPath, Mlp, init_weights_trunc_normal
 from vitlab.layers.drop import linear_drop_path_rates
 from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
@@ -148,17 +148,9 @@ class PaleTransformer(VitlabModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-        self.apply(self._init_weights)
+        self.apply(init_weights_trunc_normal)
         self.pretrained_cfg = default_pretrained_cfg(img_size, num_classes, crop_pct=crop_pct,
                                                      first_conv="stages.0.downsample.proj", classifier="head")
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        init_weights_trunc_normal(module)
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):  # the q/k/v point-wise "linear"
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     # --- API ---------------------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
