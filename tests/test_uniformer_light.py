@@ -42,7 +42,7 @@ def test_training_output_pairs_mean_and_class_token_heads():
     torch.manual_seed(0)
     model = vitlab.create_model("uniformer_light", **MICRO).train()
     mean_logits, cls_logits = model(torch.randn(2, 3, 64, 64))
-    assert mean_logits.shape == cls_logits.shape == (2, 10)
+    assert mean_logits.shape == (2, 10) and cls_logits.shape == (2, 1, 10)
     (mean_logits.sum() + cls_logits.sum()).backward()
     assert model.cls_token.grad is not None and model.cls_upsample.weight.grad is not None
 

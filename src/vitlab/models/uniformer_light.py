@@ -8,9 +8,11 @@ runs attention + MLP on [cls, kept, representative], and adds the representative
 every dropped token ("fast update"). The last stage-3 block average-pools the scores for stage 4.
 
 The official code keeps the scores and token order in module globals (not re-entrant); here
-they travel in an explicit :class:`PruneState` through the forward pass. Training output is
-``(head(mean_tokens), head_cls(LN(cls_token)))`` (the official recipe averages the two losses);
-eval output is ``head(mean_tokens)``.
+they travel in an explicit :class:`PruneState` through the forward pass. Eval output is
+``head(mean_tokens)``. Training output is ``(head(mean_tokens), head_cls(LN(cls_token)))`` with the
+class-token logits shaped (B, 1, K), i.e. a one-token auxiliary output, so the shared
+``(cls_logits, aux_logits)`` training loss applies (the official recipe averages the two losses:
+use an aux weight of 1).
 """
 from __future__ import annotations
 
@@ -249,7 +251,7 @@ class UniFormerLight(VitlabModel):
         logits = self.forward_head(self.norm(x))
         if not self.training:
             return logits
-        return logits, self.head_cls(self.norm_cls(cls_token).squeeze(1))
+        return logits, self.head_cls(self.norm_cls(cls_token))  # (B, 1, K)
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
         take = feature_take_indices(4, indices)
