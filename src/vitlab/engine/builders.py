@@ -70,6 +70,9 @@ def build_model(cfg: dict, num_classes: int, kwargs: dict):
         from vitlab.checkpoints.load import load_checkpoint
         report = load_checkpoint(model, mcfg["pretrained"], strict=False, drop_classifier=True)
         print(f"initialised from {mcfg['pretrained']}: {report}")
+    if mcfg.get("freeze_bn"):
+        from vitlab.layers import freeze_batch_norm
+        model = freeze_batch_norm(model)
     if mcfg.get("grad_checkpointing"):
         model.set_grad_checkpointing(True)
     return model

@@ -23,7 +23,8 @@ DEFAULTS: dict[str, Any] = {
         "grad_checkpointing": False,
         "channels_last": False,
         "compile": False,           # torch.compile the model
-        "sync_bn": True,            # SyncBatchNorm under DDP (batch statistics over the global batch)
+        "sync_bn": True,            # SyncBatchNorm under DDP on GPUs (CUDA only; CPU ranks keep per-process statistics)
+        "freeze_bn": False,         # replace BatchNorm by frozen (running-statistics) BatchNorm
     },
     "data": {
         "name": "animal-mnist",     # registered name, name:PATH, or an image-folder path

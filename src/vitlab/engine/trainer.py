@@ -56,11 +56,18 @@ def _read_records(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def train(cfg: dict, resume: str | Path | None = None) -> dict:
-    """Run a classification training described by ``cfg`` (see :mod:`vitlab.engine.config`)."""
+def train(cfg: dict, resume: str | Path | None = None, return_model: bool = False) -> dict:
+    """Run a classification training described by ``cfg`` (see :mod:`vitlab.engine.config`).
+
+    Returns a summary (held-out top-1/top-5, loss, steps); ``return_model=True`` adds the trained
+    ``model`` (every rank gets its own replica).
+    """
     dist_info = init_distributed(cfg["run"]["device"])
     try:
-        return _train(cfg, resume, dist_info)
+        result = _train(cfg, resume, dist_info)
+        if not return_model:
+            result.pop("model", None)
+        return result
     finally:
         cleanup(dist_info)
 
@@ -110,7 +117,7 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
 
     train_model = model
     if dist_info.enabled:
-        if cfg["model"].get("sync_bn", True):
+        if cfg["model"].get("sync_bn", True) and device.type == "cuda":
             train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -278,6 +285,7 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
             if last_eval.get("confusion") is not None:
                 plot_confusion(np.array(last_eval["confusion"]), list(bundle.class_names), out / "confusion.png",
                                f"held-out top-1 {last_eval['top1']:.2f}%")
+    result["model"] = model
     return result
 
 
