@@ -5,8 +5,17 @@ linear layer (no query-key product): A = softmax(Linear(AvgPool_s(X)) * d^-1/2) 
 Every window aggregates its values Y_w = A . V_w, and overlapping window outputs are **summed**
 back onto the map (fold, no renormalisation).
 
-``outlook_attention`` is the math as a pure function on NHWC values, so that a faster kernel can
-replace it without touching the module or the model; this one is the reference unfold/fold path.
+Two exact implementations of the same math:
+
+- ``outlook_attention_reference``: the published unfold -> matmul -> fold path. It materialises
+  K^2/s^2 copies of the values twice (unfold, and the fold input) and keeps them for backward.
+- ``outlook_attention`` (default): fold-free. Every output pixel y receives, through each window
+  that covers it, weights over values at offsets a' - a in [-(K-1), K-1]; summing over the windows
+  turns the K^4 weights of each window into per-pixel (2K-1)^2 neighbourhood weights
+  (``neighbourhood_weights``, small: about the size of the generated weights), and the output is a
+  dynamic neighbourhood aggregation ``Y[y] = sum_o W[y, o] V[y + o]`` over the raw values
+  (``neighbourhood_aggregate``), with no copy of V per window slot. On CUDA, when Triton is
+  importable, a fused kernel computes the aggregation (``outlook_triton``).
 """
 from __future__ import annotations
 
@@ -16,16 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+IMPLEMENTATIONS = ("auto", "torch", "triton", "reference")
 
-def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kernel_size: int = 3,
-                      padding: int = 1, stride: int = 2) -> torch.Tensor:
-    """Aggregate values ``v`` (B, H, W, C) with generated window weights ``attn``.
 
-    ``attn`` holds softmax-normalised weights of shape (B, heads, h*w, K*K, K*K) for ``stride > 1``
-    (one K^2 x K^2 matrix per window, output slot i x input slot j, windows on an h x w = ceil(H/s)
-    x ceil(W/s) grid), or (B, heads, H*W, K*K, K*K) for ``stride == 1``, where the official code
-    folds each position's matrix into (2K-1)^2 neighbourhood weights. Returns (B, H, W, C).
-    """
+# --------------------------------------------------------------------------------------------
+# reference: unfold / matmul / fold, as the published code computes it
+# --------------------------------------------------------------------------------------------
+@torch.compiler.disable
+def _fold(x: torch.Tensor, output_size, kernel_size: int, padding: int, stride: int) -> torch.Tensor:
+    """``F.fold`` run eagerly: inductor's col2im lowering corrupts the heap on CPU with >1 thread."""
+    return F.fold(x, output_size=output_size, kernel_size=kernel_size, padding=padding, stride=stride)
+
+
+def outlook_attention_reference(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kernel_size: int = 3,
+                                padding: int = 1, stride: int = 2) -> torch.Tensor:
+    """Unfold/fold outlook attention on NHWC values ``v`` (B, H, W, C); see ``outlook_attention``."""
     B, H, W, C = v.shape
     d = C // num_heads
     k2 = kernel_size * kernel_size
@@ -35,27 +49,204 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
         n = H * W
         # (B, C*(2K-1)^2, H*W) -> (B, heads, H*W, (2K-1)^2, d)
         v_win = F.unfold(v_nchw, big, padding=2 * padding).reshape(B, num_heads, d, big * big, n).permute(0, 1, 4, 3, 2)
-        w = F.fold(attn.reshape(B * num_heads * n, k2, k2), output_size=(big, big), kernel_size=kernel_size)
+        w = _fold(attn.reshape(B * num_heads * n, k2, k2), (big, big), kernel_size, 0, 1)
         w = w.reshape(B, num_heads, n, 1, big * big)
         return (w @ v_win).transpose(1, 2).reshape(B, H, W, C)
-    h, w = math.ceil(H / stride), math.ceil(W / stride)
+    h, w = _window_grid(H, W, kernel_size, padding, stride, attn.shape[2])
     # unfolded channel index is (head*d + c)*K^2 + slot
     v_win = F.unfold(v_nchw, kernel_size, padding=padding, stride=stride)
     v_win = v_win.reshape(B, num_heads, d, k2, h * w).permute(0, 1, 4, 3, 2)  # B, heads, hw, K^2, d
     out = (attn @ v_win).permute(0, 1, 4, 3, 2).reshape(B, C * k2, h * w)
-    out = F.fold(out, output_size=(H, W), kernel_size=kernel_size, padding=padding, stride=stride)
+    out = _fold(out, (H, W), kernel_size, padding, stride)
     return out.permute(0, 2, 3, 1)
 
 
+# --------------------------------------------------------------------------------------------
+# fold-free: window weights -> per-pixel neighbourhood weights -> neighbourhood aggregation
+# --------------------------------------------------------------------------------------------
+def _window_grid(H: int, W: int, kernel_size: int, padding: int, stride: int, num_windows: int) -> tuple[int, int]:
+    """Window grid (h, w) that unfold(kernel_size, padding, stride) gives on an H x W map; checks ``num_windows``."""
+    h = (H + 2 * padding - kernel_size) // stride + 1
+    w = (W + 2 * padding - kernel_size) // stride + 1
+    if h < 1 or w < 1 or h * w != num_windows:
+        raise ValueError(f"outlook attention on a {H}x{W} map with kernel {kernel_size}, padding {padding}, stride "
+                         f"{stride} has {max(h, 0)}x{max(w, 0)} windows, but the weights hold {num_windows} "
+                         f"(the pooled grid must match the window grid: pick padding = (kernel_size - 1) // 2 "
+                         f"and stride dividing into the map size)")
+    return h, w
+
+
+def neighbourhood_weights(attn: torch.Tensor, H: int, W: int, kernel_size: int, padding: int,
+                          stride: int) -> torch.Tensor:
+    """Collapse generated window weights into per-pixel neighbourhood weights.
+
+    ``attn`` (B, heads, n, K^2, K^2) [window, output slot, input slot] -> (F*F, B, H, W, heads) with
+    F = 2K - 1, frame index o = (fy, fx) weighting the value at (y + fy - c, x + fx - c),
+    c = ``neighbourhood_centre(...)``.
+
+    stride > 1: window i covers rows i*s - p + a (a < K); its output slot a and input slot a' are
+    a' - a apart, so slot pair (a, a') lands in frame row K-1 + a' - a of pixel y = i*s - p + a.
+    Writing a = q*s + r, that pixel is coarse cell i + q at phase r: a padded shift per slot and a
+    pixel shuffle of the s x s phases place every contribution without any scatter.
+    stride == 1 (the published per-pixel variant): pixel n's own K^2 x K^2 matrix is folded into
+    its frame at a + a', i.e. every output slot a shifts its row of weights by a.
+    """
+    B, heads, n, k2, _ = attn.shape
+    K, s, p = kernel_size, stride, padding
+    Fr = 2 * K - 1
+    if s == 1:
+        if n != H * W:
+            raise ValueError(f"stride-1 outlook weights need one matrix per pixel ({H * W}), got {n}")
+        a8 = attn.reshape(B, heads, H, W, K, K, K, K)
+        acc = None
+        for a in range(K):
+            for b in range(K):
+                t = F.pad(a8[:, :, :, :, a, b], (b, Fr - K - b, a, Fr - K - a))
+                acc = t if acc is None else acc + t
+        frames = acc  # B, heads, H, W, F, F
+    else:
+        h, w = _window_grid(H, W, K, p, s, n)
+        q_max = -(-K // s)  # ceil(K / s): coarse cells one window reaches
+        hc = max(h + q_max - 1, -(-(H + p) // s))
+        wc = max(w + q_max - 1, -(-(W + p) // s))
+        a8 = attn.reshape(B, heads, h, w, K, K, K, K)
+        phases: list[list[torch.Tensor | None]] = [[None] * s for _ in range(s)]
+        for a in range(K):
+            qa, ra = divmod(a, s)
+            for b in range(K):
+                qb, rb = divmod(b, s)
+                t = F.pad(a8[:, :, :, :, a, b], (K - 1 - b, b, K - 1 - a, a, qb, wc - w - qb, qa, hc - h - qa))
+                phases[ra][rb] = t if phases[ra][rb] is None else phases[ra][rb] + t
+        zero = attn.new_zeros(B, heads, hc, wc, Fr, Fr)
+        rows = [torch.stack([t if t is not None else zero for t in row], dim=4) for row in phases]
+        frames = torch.stack(rows, dim=3).reshape(B, heads, hc * s, wc * s, Fr, Fr)  # pixel shuffle
+        frames = frames[:, :, p:p + H, p:p + W]
+    return frames.permute(4, 5, 0, 2, 3, 1).reshape(Fr * Fr, B, H, W, heads)
+
+
+def neighbourhood_centre(kernel_size: int, padding: int, stride: int) -> int:
+    """Frame index of offset zero: K-1 for stride > 1, 2*padding for the stride-1 variant."""
+    return 2 * padding if stride == 1 else kernel_size - 1
+
+
+def _aggregate_forward(v: torch.Tensor, weights: torch.Tensor, centre: int) -> torch.Tensor:
+    B, H, W, heads, d = v.shape
+    Fr = math.isqrt(weights.shape[0])
+    vp = F.pad(v, (0, 0, 0, 0, centre, Fr - 1 - centre, centre, Fr - 1 - centre))
+    acc_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    out = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
+    for o in range(Fr * Fr):
+        fy, fx = divmod(o, Fr)
+        out.addcmul_(vp[:, fy:fy + H, fx:fx + W], weights[o].unsqueeze(-1))
+    return out.to(v.dtype)
+
+
+class _NeighbourhoodAggregate(torch.autograd.Function):
+    """Y = sum_o W_o * shift_o(V) with a hand-written backward that keeps only V and W alive."""
+
+    @staticmethod
+    def forward(v, weights, centre):
+        return _aggregate_forward(v, weights, centre)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        v, weights, centre = inputs
+        ctx.save_for_backward(v, weights)
+        ctx.centre = centre
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        v, weights = ctx.saved_tensors
+        c = ctx.centre
+        B, H, W, heads, d = v.shape
+        Fr = math.isqrt(weights.shape[0])
+        pads = (0, 0, 0, 0, c, Fr - 1 - c, c, Fr - 1 - c)
+        vp = F.pad(v, pads)
+        grad_vp = torch.zeros_like(vp) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
+        for o in range(Fr * Fr):
+            fy, fx = divmod(o, Fr)
+            if grad_vp is not None:
+                grad_vp[:, fy:fy + H, fx:fx + W].addcmul_(grad_out, weights[o].unsqueeze(-1))
+            if grad_w is not None:
+                grad_w[o] = (grad_out * vp[:, fy:fy + H, fx:fx + W]).sum(-1)
+        grad_v = grad_vp[:, c:c + H, c:c + W] if grad_vp is not None else None
+        return grad_v, grad_w, None
+
+
+def neighbourhood_aggregate(v: torch.Tensor, weights: torch.Tensor, centre: int) -> torch.Tensor:
+    """Y[y, x] = sum_{fy, fx} W[(fy, fx), y, x] * V[y + fy - c, x + fx - c] (zero outside the map).
+
+    ``v`` (B, H, W, heads, d), ``weights`` (F*F, B, H, W, heads) -> (B, H, W, heads, d). Memory:
+    O(V + W) for forward and backward (nothing per slot is stored).
+    """
+    Fr = math.isqrt(weights.shape[0])
+    if Fr * Fr != weights.shape[0] or not 0 <= centre < Fr:
+        raise ValueError(f"neighbourhood weights need a square frame with centre inside it, got "
+                         f"{weights.shape[0]} entries and centre {centre}")
+    if torch.compiler.is_compiling():
+        # plain differentiable loop: inductor fuses it (and its derivative) into a few kernels
+        return _aggregate_forward(v, weights, centre)
+    return _NeighbourhoodAggregate.apply(v, weights, centre)
+
+
+def _triton_available(v: torch.Tensor) -> bool:
+    if not v.is_cuda or torch.compiler.is_compiling():
+        return False
+    from . import outlook_triton
+    return outlook_triton.is_available()
+
+
+def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kernel_size: int = 3,
+                      padding: int = 1, stride: int = 2, implementation: str = "auto") -> torch.Tensor:
+    """Aggregate values ``v`` (B, H, W, C) with generated window weights ``attn``; returns (B, H, W, C).
+
+    ``attn`` holds softmax-normalised weights of shape (B, heads, h*w, K*K, K*K) for ``stride > 1``
+    (one K^2 x K^2 matrix per window, output slot i x input slot j, windows on the h x w grid that
+    unfold(K, padding, stride) gives), or (B, heads, H*W, K*K, K*K) for ``stride == 1``, where the
+    published code folds each position's matrix into (2K-1)^2 neighbourhood weights.
+    ``implementation``: "auto" (Triton on CUDA when available, else "torch"), "torch" (fold-free,
+    plain PyTorch), "triton", or "reference" (unfold/fold). All give the same result.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if v.ndim != 4 or attn.ndim != 5:
+        raise ValueError(f"outlook_attention expects v (B, H, W, C) and attn (B, heads, n, K^2, K^2), got "
+                         f"{tuple(v.shape)} and {tuple(attn.shape)}")
+    B, H, W, C = v.shape
+    k2 = kernel_size * kernel_size
+    if C % num_heads or attn.shape[1] != num_heads or attn.shape[-2:] != (k2, k2):
+        raise ValueError(f"outlook_attention: {C} channels, {num_heads} heads and kernel {kernel_size} need attn "
+                         f"(B, {num_heads}, n, {k2}, {k2}), got {tuple(attn.shape)}")
+    if implementation == "reference":
+        return outlook_attention_reference(v, attn, num_heads, kernel_size, padding, stride)
+    weights = neighbourhood_weights(attn, H, W, kernel_size, padding, stride)
+    centre = neighbourhood_centre(kernel_size, padding, stride)
+    v5 = v.reshape(B, H, W, num_heads, C // num_heads)
+    if implementation == "triton" or (implementation == "auto" and _triton_available(v)):
+        from .outlook_triton import triton_neighbourhood_aggregate
+        out = triton_neighbourhood_aggregate(v5, weights, centre)
+    else:
+        out = neighbourhood_aggregate(v5, weights, centre)
+    return out.reshape(B, H, W, C)
+
+
 class OutlookAttention(nn.Module):
-    """Outlook attention on NHWC tokens. State-dict keys (``v``, ``attn``, ``proj``) follow the official code."""
+    """Outlook attention on NHWC tokens. State-dict keys (``v``, ``attn``, ``proj``) follow the official code.
+
+    ``implementation`` picks the kernel (see ``outlook_attention``); it can be changed at any time.
+    """
 
     def __init__(self, dim: int, num_heads: int, kernel_size: int = 3, padding: int = 1, stride: int = 1,
-                 qkv_bias: bool = False, qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 qkv_bias: bool = False, qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 implementation: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.num_heads, self.kernel_size, self.padding, self.stride = num_heads, kernel_size, padding, stride
+        self.implementation = implementation
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.attn = nn.Linear(dim, kernel_size ** 4 * num_heads)
@@ -75,5 +266,5 @@ class OutlookAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = outlook_attention(self.v(x), self.attention_weights(x), self.num_heads,
-                                self.kernel_size, self.padding, self.stride)
+                                self.kernel_size, self.padding, self.stride, self.implementation)
         return self.proj_drop(self.proj(out))
