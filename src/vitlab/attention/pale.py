@@ -20,8 +20,6 @@ this degrades gracefully to attention over all rows. Divisible maps take the mas
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +29,7 @@ def pale_groups(length: int, pale: int) -> int:
     """Number of interlaced groups G = ceil(length / pale); group g holds indices g, g+G, g+2G, ... < length."""
     if pale < 1 or length < 1:
         raise ValueError(f"pale size and map length must be positive, got pale={pale}, length={length}")
-    return math.ceil(length / pale)
+    return -(-length // pale)  # integer ceil: stays exact for symbolic sizes under torch.compile / export
 
 
 def row_group_partition(x: torch.Tensor, pale_rows: int, num_heads: int) -> torch.Tensor:

@@ -42,7 +42,7 @@ from vitlab.models.registry import register_family, register_model
 class ConvPatchMerging(nn.Module):
     """Overlapping patch merging: conv (kernel k, stride s, padding k//2) -> LayerNorm. NCHW in, NHWC out.
 
-    Output size is ceil(H / s) x ceil(W / s) for k = 2*floor(s/2) + 3 (7/4 and 3/2), so any input size works.
+    Output size is ceil(H / s) x ceil(W / s) for any odd kernel (7/4, 3/2), so any input size works.
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int, stride: int, norm_eps: float = 1e-5):
