@@ -41,20 +41,21 @@ def test_micro_forward_backward_and_features():
     model(x).sum().backward()
     assert x.grad is not None and model.patch_embed.proj.weight.grad is not None
     feats = model.forward_intermediates(x)
-    assert [tuple(f.shape[1:]) for f in feats] == [(32, 16, 16), (64, 8, 8), (128, 4, 4)]
-    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8]
-    assert model.forward_features(x).shape == (2, 16, 128)
+    assert [tuple(f.shape[1:]) for f in feats] == [(32, 8, 8), (64, 4, 4), (128, 2, 2)]
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16]
+    assert model.forward_features(x).shape == (2, 4, 128)
     assert model.forward_last_blocks(x, 4).shape == (2, 64 + 64 + 128 + 128)
     assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.num_features)
 
 
 def test_windows_fixed_at_construction_and_small_crops():
     model = vitlab.create_model("swin_micro").eval()
-    # stage 2 is 4x4 at 32 px: window 4, no shift; stage 0 (16x16) keeps window 4 with shift 2
-    assert [(b.window_size, b.shift_size) for b in model.layers[2].blocks] == [(4, 0), (4, 0)]
-    assert model.layers[0].blocks[1].shift_size == 2
+    # at 32 px the stages are 8x8 (window 4, shift 2), 4x4 (window 4, no shift), 2x2 (window shrinks to 2)
+    assert [(b.window_size, b.shift_size) for b in model.layers[0].blocks] == [(4, 0), (4, 2)]
+    assert [(b.window_size, b.shift_size) for b in model.layers[1].blocks] == [(4, 0), (4, 0)]
+    assert [(b.window_size, b.shift_size) for b in model.layers[2].blocks] == [(2, 0), (2, 0)]
     out = model.forward_features(torch.randn(2, 3, 16, 16))  # a local crop: padded, not masked
-    assert out.shape == (2, 4, 128) and torch.isfinite(out).all()
+    assert out.shape == (2, 1, 128) and torch.isfinite(out).all()
 
 
 def test_grad_checkpointing_matches():
@@ -108,8 +109,8 @@ def test_esvit_checkpoint_into_plain_backbone():
 
 def test_bad_inputs_are_explained():
     model = vitlab.create_model("swin_micro")
-    with pytest.raises(ValueError, match="divisible by 2"):
-        model(torch.randn(1, 3, 31, 31))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.randn(1, 3, 30, 30))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="depths"):
