@@ -26,7 +26,7 @@ def to_tensor(img) -> torch.Tensor:
             t = t.unsqueeze(0)
         return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
     if not isinstance(img, np.ndarray):  # PIL
-        img = np.asarray(img)
+        img = np.array(img)
     if img.ndim == 2:
         img = img[:, :, None]
     if img.ndim != 3:
