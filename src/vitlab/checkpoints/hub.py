@@ -1,10 +1,17 @@
-"""Self-describing model folders: ``config.json`` (architecture, arguments, preprocessing) + ``model.safetensors``."""
+"""Self-describing model folders: ``config.json`` (architecture, arguments, preprocessing) + ``model.safetensors``.
+
+``config.json`` records the registered name and keyword arguments the model was built with, the
+number of classes and their names, and the preprocessing that goes with the weights (input size,
+mean/std, crop_pct, interpolation). Parameters shared between modules (tied weights) are stored
+once and listed under ``tied_weights``; loading restores every name.
+"""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .atomic import atomic_save_safetensors, atomic_write_json
@@ -23,8 +30,26 @@ def _jsonable(value, key: str):
     return value
 
 
+def split_tied(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one name per shared tensor (safetensors refuses aliases); return (unique tensors, {alias: kept name})."""
+    unique, tied, seen = {}, {}, {}
+    for k, v in state_dict.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype) \
+            if v.device.type != "meta" and v.numel() else None
+        if key is not None and key in seen:
+            tied[k] = seen[key]
+        else:
+            if key is not None:
+                seen[key] = k
+            unique[k] = v
+    return unique, tied
+
+
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, label_names: list[str] | None = None) -> Path:
-    """Write a model folder that :func:`from_pretrained` (and ``vitlab eval/export``) can rebuild alone."""
+    """Write a model folder that :func:`from_pretrained` (and ``vitlab eval/export``) can rebuild alone.
+
+    ``label_names`` default to ``model.label_names`` when the model carries them.
+    """
     name = getattr(model, "model_name", None)
     if name is None:
         raise ValueError("save_pretrained needs a model built by vitlab.create_model (it records the architecture)")
@@ -32,21 +57,32 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, label_names:
     kwargs = {k: _jsonable(v, k) for k, v in getattr(model, "model_kwargs", {}).items()}
     cfg = dict(getattr(model, "pretrained_cfg", {}))
     num_classes = getattr(model, "num_classes", cfg.get("num_classes"))
+    if label_names is None:
+        label_names = getattr(model, "label_names", None)
     if label_names is not None and num_classes is not None and len(label_names) != num_classes:
         raise ValueError(f"{len(label_names)} label names for a model with {num_classes} classes")
+    tensors, tied = split_tied(model.state_dict())
     config = {
         "format_version": FORMAT_VERSION,
+        "library": "vitlab",
+        "library_version": _version(),
         "architecture": name,
         "kwargs": kwargs,
         "num_classes": num_classes,
         "num_features": getattr(model, "num_features", None),
         "preprocessing": {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg},
         "label_names": list(label_names) if label_names is not None else None,
+        "tied_weights": tied,
     }
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata={"architecture": name})
+    atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"architecture": name})
     atomic_write_json(directory / CONFIG_NAME, config)
     return directory
+
+
+def _version() -> str:
+    from vitlab import __version__
+    return __version__
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -60,16 +96,33 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
-    """Rebuild a model saved with ``save_pretrained`` and load its weights (strict)."""
+    """Rebuild a model saved with ``save_pretrained`` and load its weights (strict); returned in eval mode.
+
+    ``overrides`` go to ``create_model`` (e.g. ``img_size=384``: position tables are resized on load).
+    """
     from vitlab.models.registry import create_model
-    from .load import load_checkpoint
+    from .load import load_checkpoint, read_state_dict
     config = read_config(directory)
+    if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written by a newer vitlab (folder format {config['format_version']}, "
+                         f"this one reads {FORMAT_VERSION}); upgrade vitlab")
     kwargs = {**config.get("kwargs", {}), **overrides}
     model = create_model(config["architecture"], **kwargs)
-    load_checkpoint(model, Path(directory) / WEIGHTS_NAME, strict=True)
-    pre = config.get("preprocessing") or {}
+    num_classes = config.get("num_classes")
+    if num_classes is not None and "num_classes" not in overrides and hasattr(model, "reset_classifier") \
+            and getattr(model, "num_classes", num_classes) != num_classes:
+        model.reset_classifier(num_classes)  # the head was replaced after building (fine-tuning)
+    state_dict = read_state_dict(Path(directory) / WEIGHTS_NAME)
+    for alias, source in (config.get("tied_weights") or {}).items():
+        if source not in state_dict:
+            raise ValueError(f"{directory}: tied weight {alias!r} refers to {source!r}, which the weights lack")
+        state_dict[alias] = state_dict[source]
+    load_checkpoint(model, state_dict, strict=True)
+    pre = dict(config.get("preprocessing") or {})
+    if {"img_size", "num_frames"} & set(overrides):
+        pre.pop("input_size", None)  # rebuilt at another size: the model's own input_size applies
     if pre and hasattr(model, "pretrained_cfg"):
         model.pretrained_cfg = {**model.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in pre.items()}}
     model.label_names = config.get("label_names")
-    return model
+    return model.eval()

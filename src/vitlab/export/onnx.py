@@ -1,0 +1,206 @@
+"""ONNX export through ``torch.export`` (the exporter PyTorch maintains), with a clear error where a
+target opset cannot express an operator.
+
+Opset 18 and later go through the ``torch.export``-based exporter. Opset 17 is first tried the
+same way (it converts down from 18); where the converter cannot reach 17, the TorchScript-based
+exporter writes opset 17 directly, and an operator that opset 17 lacks (``aten::col2im``, i.e.
+``F.fold``) is named in the error.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MIN_OPSET, MAX_OPSET = 17, 23
+# PyTorch functions behind aten operators that users meet in error messages
+FRIENDLY_OP_NAMES = {"col2im": "F.fold", "im2col": "F.unfold", "roll": "torch.roll",
+                     "_scaled_dot_product_flash_attention": "F.scaled_dot_product_attention"}
+
+
+class ExportError(RuntimeError):
+    """A model could not be written in (or verified against) the requested format; the message says why."""
+
+
+def output_names(outputs) -> list[str]:
+    """Names of the flattened outputs: ``logits`` for one tensor, ``output_<i>`` for a tuple, keys for a dict."""
+    if isinstance(outputs, torch.Tensor):
+        return ["logits"]
+    if isinstance(outputs, dict):
+        return [str(k) for k in outputs]
+    if isinstance(outputs, (tuple, list)):
+        return [f"output_{i}" for i in range(len(outputs))]
+    raise ExportError(f"cannot export a model whose output is a {type(outputs).__name__}; "
+                      f"expected a tensor, a tuple of tensors or a dict of tensors")
+
+
+def input_names(inputs: tuple) -> list[str]:
+    return ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
+
+
+def operators_in_error(err: BaseException) -> list[str]:
+    """aten operator names mentioned anywhere in an exception chain, e.g. ['col2im']."""
+    text, seen = "", set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text += f"\n{err}"
+        err = err.__cause__ or err.__context__
+    names = re.findall(r"aten(?:::|\.)([A-Za-z_][A-Za-z0-9_]*)", text)
+    return list(dict.fromkeys(n for n in names if n not in ("default", "Tensor")))
+
+
+def describe_operator(name: str) -> str:
+    friendly = FRIENDLY_OP_NAMES.get(name)
+    return f"aten::{name}" + (f" ({friendly})" if friendly else "")
+
+
+def onnx_opset(path: str | Path) -> int:
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def onnx_op_types(path: str | Path) -> Counter:
+    """How often each ONNX operator type occurs in the graph (including sub-graphs and functions)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    counts: Counter = Counter()
+
+    def walk(graph):
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+    walk(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            counts[node.op_type] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints, deprecation warnings and 'torchvision not installed' logs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _silence_native_output():
+    """Drop what C++ code writes to stdout/stderr (the TorchScript-based exporter dumps its whole IR on errors)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _export_dynamo(model, inputs, path, opset, dynamic_batch, names_in, names_out, optimize):
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                                input_names=names_in, output_names=names_out, optimize=optimize, verbose=False,
+                                report=False)
+    program.save(str(path))
+
+
+def _export_torchscript_based(model, inputs, path, opset, dynamic_batch, names_in, names_out):
+    axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic_batch else None
+    torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset, input_names=names_in,
+                      output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
+
+
+def python_functions_in_trace(model: nn.Module, inputs: tuple) -> list[str]:
+    """Names of Python ``autograd.Function``s a traced forward calls (opaque to TorchScript-based export)."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(model, inputs, check_trace=False, strict=False).inlined_graph
+    except Exception:  # noqa: BLE001 - tracing itself failing is reported by the caller
+        return []
+    return list(dict.fromkeys(n.pyname() for n in graph.nodes() if n.kind() == "prim::PythonOp"))
+
+
+def _failure(model, opset: int, err: BaseException, inputs: tuple | None = None) -> ExportError:
+    name = getattr(model, "model_name", type(model).__name__)
+    ops = operators_in_error(err)
+    functions = python_functions_in_trace(model, inputs) if inputs is not None and not ops else []
+    if functions:
+        return ExportError(f"ONNX opset {opset} cannot express {name}: operator prim::PythonOp "
+                           f"({', '.join(functions)}, a Python autograd.Function) has no opset-{opset} export; "
+                           f"use --opset 18 (exports through torch.export)")
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if ops:
+        which = ", ".join(describe_operator(o) for o in ops[:3])
+        hint = " (try --opset 18)" if opset < 18 else ""
+        return ExportError(f"ONNX opset {opset} cannot express {name}: operator {which} failed to export{hint}. "
+                           f"Exporter said: {first_line[:400]}")
+    return ExportError(f"ONNX export of {name} at opset {opset} failed: {type(err).__name__}: {first_line[:600]}")
+
+
+def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, opset: int = 18, dynamic_batch: bool = False,
+                optimize: bool = True) -> Path:
+    """Write ``model`` (in eval mode) to ``path`` as ONNX at ``opset``; return the path.
+
+    ``inputs`` is the tuple of example tensors (use a batch of 2 or more when ``dynamic_batch``:
+    a batch of 1 would be specialised). Raises :class:`ExportError` naming the operator that
+    the opset cannot express.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+    if dynamic_batch and inputs[0].shape[0] < 2:
+        raise ValueError("a dynamic-batch export needs example inputs with a batch of 2 or more")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            names_out = output_names(model(*inputs))
+        names_in = input_names(inputs)
+        try:
+            with _quiet():
+                _export_dynamo(model, inputs, path, max(opset, 18), dynamic_batch, names_in, names_out, optimize)
+        except Exception as e:  # noqa: BLE001 - re-raised with the operator named
+            raise _failure(model, opset, e) from e
+        if opset < 18 and onnx_opset(path) != opset:
+            # the down-converter gave up (it keeps 18); write opset 17 with the TorchScript-based exporter
+            try:
+                with _quiet(), _silence_native_output():
+                    _export_torchscript_based(model, inputs, path, opset, dynamic_batch, names_in, names_out)
+            except Exception as e:  # noqa: BLE001
+                path.unlink(missing_ok=True)
+                raise _failure(model, opset, e, inputs) from e
+    finally:
+        model.train(was_training)
+    return path

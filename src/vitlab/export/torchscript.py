@@ -1,0 +1,41 @@
+"""TorchScript export by tracing (``torch.jit.trace``), for runtimes that load ``.pt`` TorchScript files.
+
+Tracing records the operators run on the example input; Python control flow is frozen to the
+path taken, which is what an eval-mode vitlab model needs. Failures name the operator involved.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .onnx import ExportError, describe_operator, operators_in_error
+
+
+def export_torchscript(model: nn.Module, inputs: tuple, path: str | Path) -> Path:
+    """Trace ``model`` (in eval mode) on ``inputs`` and save the TorchScript module to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
+            traced.save(str(path))
+    except Exception as e:  # noqa: BLE001 - re-raised with the operator named
+        name = getattr(model, "model_name", type(model).__name__)
+        ops = operators_in_error(e)
+        which = f" at operator {', '.join(describe_operator(o) for o in ops[:3])}" if ops else ""
+        raise ExportError(f"TorchScript cannot express {name}{which}: {str(e).strip().splitlines()[0][:400]}") from e
+    finally:
+        model.train(was_training)
+    return path
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu").eval()
