@@ -129,65 +129,126 @@ def neighbourhood_centre(kernel_size: int, padding: int, stride: int) -> int:
     return 2 * padding if stride == 1 else kernel_size - 1
 
 
-def _aggregate_forward(v: torch.Tensor, weights: torch.Tensor, centre: int) -> torch.Tensor:
-    B, H, W, heads, d = v.shape
-    Fr = math.isqrt(weights.shape[0])
-    vp = F.pad(v, (0, 0, 0, 0, centre, Fr - 1 - centre, centre, Fr - 1 - centre))
-    acc_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
-    out = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
-    for o in range(Fr * Fr):
-        fy, fx = divmod(o, Fr)
-        out.addcmul_(vp[:, fy:fy + H, fx:fx + W], weights[o].unsqueeze(-1))
-    return out.to(v.dtype)
+def _frame_slot_views(buffer: torch.Tensor, attn: torch.Tensor, H: int, W: int, kernel_size: int, padding: int,
+                      stride: int):
+    """Yield (frame-buffer view, attn slot view) pairs, one per output slot (a, b), in matching layouts.
+
+    ``buffer`` is (F, F, B, Hb, Wb, heads) over padded pixel coordinates (see ``_frame_buffer_shape``);
+    each frame view is (K, K, B, h, w, heads) and each slot view of ``attn`` is permuted to the same.
+    """
+    B, heads, n = attn.shape[:3]
+    K, s = kernel_size, stride
+    if s == 1:
+        a8 = attn.reshape(B, heads, H, W, K, K, K, K)
+        for a in range(K):
+            for b in range(K):
+                yield buffer[a:a + K, b:b + K], a8[:, :, :, :, a, b].permute(4, 5, 0, 2, 3, 1)
+        return
+    h, w = _window_grid(H, W, K, padding, s, n)
+    Fr = 2 * K - 1
+    hc, wc = buffer.shape[3] // s, buffer.shape[4] // s
+    phased = buffer.view(Fr, Fr, B, hc, s, wc, s, heads)
+    a8 = attn.reshape(B, heads, h, w, K, K, K, K)
+    for a in range(K):
+        qa, ra = divmod(a, s)
+        for b in range(K):
+            qb, rb = divmod(b, s)
+            frame = phased[K - 1 - a:2 * K - 1 - a, K - 1 - b:2 * K - 1 - b, :, qa:qa + h, ra, qb:qb + w, rb]
+            yield frame, a8[:, :, :, :, a, b].permute(4, 5, 0, 2, 3, 1)
 
 
-class _NeighbourhoodAggregate(torch.autograd.Function):
-    """Y = sum_o W_o * shift_o(V) with a hand-written backward that keeps only V and W alive."""
+def _frame_buffer_shape(attn: torch.Tensor, H: int, W: int, kernel_size: int, padding: int, stride: int):
+    B, heads, n = attn.shape[:3]
+    Fr = 2 * kernel_size - 1
+    if stride == 1:
+        return (Fr, Fr, B, H, W, heads), 0
+    h, w = _window_grid(H, W, kernel_size, padding, stride, n)
+    q_max = -(-kernel_size // stride)  # ceil(K / s): coarse cells one window reaches
+    hc = max(h + q_max - 1, -(-(H + padding) // stride))
+    wc = max(w + q_max - 1, -(-(W + padding) // stride))
+    return (Fr, Fr, B, hc * stride, wc * stride, heads), padding
+
+
+def _build_frames(attn: torch.Tensor, H: int, W: int, kernel_size: int, padding: int, stride: int):
+    """Neighbourhood weights in one zero-initialised buffer (K^2 strided adds, no per-slot copies)."""
+    shape, offset = _frame_buffer_shape(attn, H, W, kernel_size, padding, stride)
+    buffer = attn.new_zeros(shape)
+    for frame, slot in _frame_slot_views(buffer, attn, H, W, kernel_size, padding, stride):
+        frame.add_(slot)
+    return buffer, offset
+
+
+def _batch_chunks(v: torch.Tensor, target_elems: int = 1 << 20):
+    """Batch slices of about ``target_elems`` values each, so that the 25 passes stay in cache."""
+    per_item = max(1, v[0].numel())
+    step = max(1, target_elems // per_item)
+    return [slice(b, min(b + step, v.shape[0])) for b in range(0, v.shape[0], step)]
+
+
+def _aggregation_steps(v: torch.Tensor, Fr: int, centre: int, offset: int):
+    """(output index, value index, frame index) for every frame entry o that reads inside the map.
+
+    Output pixels ``out[out_idx]`` read the values ``v[value_idx]`` (shifted by the entry's offset);
+    ``frame_idx`` selects W[o] for those pixels in the padded frame buffer. Batches come in chunks.
+    """
+    H, W = v.shape[1], v.shape[2]
+    for bs in _batch_chunks(v):
+        for o in range(Fr * Fr):
+            dy, dx = o // Fr - centre, o % Fr - centre
+            y0, y1, x0, x1 = max(0, -dy), min(H, H - dy), max(0, -dx), min(W, W - dx)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            idx = (o // Fr, o % Fr, bs, slice(offset + y0, offset + y1), slice(offset + x0, offset + x1))
+            yield (bs, slice(y0, y1), slice(x0, x1)), (bs, slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx)), idx
+
+
+class _FoldFreeOutlook(torch.autograd.Function):
+    """Y[y] = sum_o W[o, y] V[y + o]; W built from the window weights on the fly (also in backward).
+
+    Saves only ``v`` and ``attn`` (``attn`` is kept alive by the softmax anyway): no per-slot copy of
+    the values and no neighbourhood-weight tensor survive the forward pass.
+    """
 
     @staticmethod
-    def forward(v, weights, centre):
-        return _aggregate_forward(v, weights, centre)
+    def forward(v, attn, kernel_size, padding, stride):
+        B, H, W, heads, d = v.shape
+        Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
+        frames, off = _build_frames(attn, H, W, kernel_size, padding, stride)
+        acc_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+        out = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
+        for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+            out[out_idx].addcmul_(v[v_idx], frames[idx].unsqueeze(-1))
+        return out.to(v.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        v, weights, centre = inputs
-        ctx.save_for_backward(v, weights)
-        ctx.centre = centre
+        v, attn, kernel_size, padding, stride = inputs
+        ctx.save_for_backward(v, attn)
+        ctx.geometry = (kernel_size, padding, stride)
 
     @staticmethod
     def backward(ctx, grad_out):
-        v, weights = ctx.saved_tensors
-        c = ctx.centre
+        v, attn = ctx.saved_tensors
+        kernel_size, padding, stride = ctx.geometry
         B, H, W, heads, d = v.shape
-        Fr = math.isqrt(weights.shape[0])
-        pads = (0, 0, 0, 0, c, Fr - 1 - c, c, Fr - 1 - c)
-        vp = F.pad(v, pads)
-        grad_vp = torch.zeros_like(vp) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
-        for o in range(Fr * Fr):
-            fy, fx = divmod(o, Fr)
-            if grad_vp is not None:
-                grad_vp[:, fy:fy + H, fx:fx + W].addcmul_(grad_out, weights[o].unsqueeze(-1))
-            if grad_w is not None:
-                grad_w[o] = (grad_out * vp[:, fy:fy + H, fx:fx + W]).sum(-1)
-        grad_v = grad_vp[:, c:c + H, c:c + W] if grad_vp is not None else None
-        return grad_v, grad_w, None
-
-
-def neighbourhood_aggregate(v: torch.Tensor, weights: torch.Tensor, centre: int) -> torch.Tensor:
-    """Y[y, x] = sum_{fy, fx} W[(fy, fx), y, x] * V[y + fy - c, x + fx - c] (zero outside the map).
-
-    ``v`` (B, H, W, heads, d), ``weights`` (F*F, B, H, W, heads) -> (B, H, W, heads, d). Memory:
-    O(V + W) for forward and backward (nothing per slot is stored).
-    """
-    Fr = math.isqrt(weights.shape[0])
-    if Fr * Fr != weights.shape[0] or not 0 <= centre < Fr:
-        raise ValueError(f"neighbourhood weights need a square frame with centre inside it, got "
-                         f"{weights.shape[0]} entries and centre {centre}")
-    if torch.compiler.is_compiling():
-        # plain differentiable loop: inductor fuses it (and its derivative) into a few kernels
-        return _aggregate_forward(v, weights, centre)
-    return _NeighbourhoodAggregate.apply(v, weights, centre)
+        Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
+        frames, off = _build_frames(attn, H, W, kernel_size, padding, stride)
+        grad_out = grad_out.to(v.dtype)
+        frame_shape = frames.shape
+        grad_v = grad_attn = None
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.zeros_like(v)
+            for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+                grad_v[v_idx].addcmul_(grad_out[out_idx], frames[idx].unsqueeze(-1))
+        del frames  # freed before its gradient is made: lower peak memory
+        if ctx.needs_input_grad[1]:
+            grad_frames = attn.new_zeros(frame_shape)
+            for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+                torch.sum(grad_out[out_idx] * v[v_idx], dim=-1, out=grad_frames[idx])
+            grad_attn = attn.new_empty(attn.shape)
+            for frame, slot in _frame_slot_views(grad_frames, grad_attn, H, W, kernel_size, padding, stride):
+                slot.copy_(frame)
+        return grad_v, grad_attn, None, None, None
 
 
 def _triton_available(v: torch.Tensor) -> bool:
@@ -220,14 +281,12 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
                          f"(B, {num_heads}, n, {k2}, {k2}), got {tuple(attn.shape)}")
     if implementation == "reference":
         return outlook_attention_reference(v, attn, num_heads, kernel_size, padding, stride)
-    weights = neighbourhood_weights(attn, H, W, kernel_size, padding, stride)
-    centre = neighbourhood_centre(kernel_size, padding, stride)
     v5 = v.reshape(B, H, W, num_heads, C // num_heads)
     if implementation == "triton" or (implementation == "auto" and _triton_available(v)):
-        from .outlook_triton import triton_neighbourhood_aggregate
-        out = triton_neighbourhood_aggregate(v5, weights, centre)
+        from .outlook_triton import triton_outlook_attention
+        out = triton_outlook_attention(v5, attn, kernel_size, padding, stride)
     else:
-        out = neighbourhood_aggregate(v5, weights, centre)
+        out = _FoldFreeOutlook.apply(v5, attn, kernel_size, padding, stride)
     return out.reshape(B, H, W, C)
 
 
