@@ -50,7 +50,7 @@ def mix_token_box(grid_hw: tuple[int, int], lam: float, generator: torch.Generat
 
 
 def _swap_box(x: torch.Tensor, box) -> torch.Tensor:
-    """Replace the box (on the last two of NCHW, or the middle two of NHWC via ``x`` layout) with the flipped batch."""
+    """Replace the (y1, x1, y2, x2) box of an NCHW map with the same box of the batch-flipped map."""
     y1, x1, y2, x2 = box
     out = x.clone()
     out[:, :, y1:y2, x1:x2] = x.flip(0)[:, :, y1:y2, x1:x2]
