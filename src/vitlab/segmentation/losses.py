@@ -97,7 +97,9 @@ class ATMLoss(nn.Module):
         target[batch_idx, cls_idx] = cls_idx
         terms = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target, self.class_weights(logits.device))}
         masks = out["pred_masks"][batch_idx, cls_idx]
-        masks = F.interpolate(masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
+        if masks.shape[-2:] != target_masks.shape[-2:]:  # (a same-size bilinear resize is the identity)
+            masks = F.interpolate(masks[:, None], size=target_masks.shape[-2:], mode="bilinear",
+                                  align_corners=False)[:, 0]
         masks, tgt = masks.flatten(1), target_masks.flatten(1)
         terms["loss_mask"] = sigmoid_focal_loss(masks, tgt, num_masks)
         terms["loss_dice"] = dice_loss(masks, tgt, num_masks)
