@@ -2,7 +2,8 @@
 
 The loop gathers each interlaced row group / column group by index, attends (same SDPA kernel) and
 scatters the result back, one group at a time. Both compute the same function (checked here on
-every run); the table reports median milliseconds and the loop / vectorised ratio.
+every run). Calls are timed interleaved; the table reports median milliseconds and the median of
+the per-pair loop / vectorised ratios.
 
     python benchmarks/pale_attention.py                  # Pale-T stage 1 (56x56, C=64, 2 heads) and more
     python benchmarks/pale_attention.py --device cuda --batch 32 --json
@@ -59,20 +60,23 @@ def per_pale_loop(q, k, v, num_heads: int, pale: int, scale: float) -> torch.Ten
     return out
 
 
-def median_ms(fn, repeats: int, device: str) -> float:
+def paired_times(fns, repeats: int, device: str) -> list[list[float]]:
+    """Milliseconds per call for each function, measured interleaved (a, b, a, b, ...) so that a
+    change in machine load hits both alike; returns one list of times per function."""
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-    for _ in range(3):
+    for fn in fns:
         fn()
     sync()
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def main() -> int:
@@ -95,15 +99,18 @@ def main() -> int:
             fast = pale_attention(q, k, v, heads, (pale, pale), scale)
             slow = per_pale_loop(q, k, v, heads, pale, scale)
             max_diff = (fast.float() - slow.float()).abs().max().item()
-            t_vec = median_ms(lambda: pale_attention(q, k, v, heads, (pale, pale), scale), args.repeats, args.device)
-            t_loop = median_ms(lambda: per_pale_loop(q, k, v, heads, pale, scale), args.repeats, args.device)
+            t_vec, t_loop = paired_times([lambda: pale_attention(q, k, v, heads, (pale, pale), scale),
+                                          lambda: per_pale_loop(q, k, v, heads, pale, scale)],
+                                         args.repeats, args.device)
+        ratio = statistics.median(b / a for a, b in zip(t_vec, t_loop))
+        t_vec, t_loop = statistics.median(t_vec), statistics.median(t_loop)
         rows.append({"case": label, "batch": args.batch, "vectorised_ms": round(t_vec, 3),
-                     "loop_ms": round(t_loop, 3), "speedup": round(t_loop / t_vec, 2), "max_abs_diff": max_diff})
+                     "loop_ms": round(t_loop, 3), "speedup": round(ratio, 2), "max_abs_diff": max_diff})
     if args.json:
         print(json.dumps({"device": args.device, "dtype": args.dtype, "threads": args.threads, "rows": rows}))
         return 0
     print(f"device={args.device} dtype={args.dtype} threads={args.threads} batch={args.batch}")
-    print(f"| case | vectorised ms | per-pale loop ms | loop / vectorised | max abs diff |")
+    print("| case | vectorised ms | per-pale loop ms | loop / vectorised | max abs diff |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['vectorised_ms']:.2f} | {r['loop_ms']:.2f} | {r['speedup']:.2f}x "
