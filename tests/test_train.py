@@ -101,3 +101,51 @@ def test_resume_refuses_a_checkpoint_for_another_class_count(tmp_path):
     cfg = micro_config(tmp_path / "run", data={"name": "test-4cls", "options": {}})
     with pytest.raises(ValueError, match="trained for 10 classes but the dataset has 4"):
         train(cfg, resume=tmp_path / "run")
+
+
+def test_token_labels_and_mix_token_train_the_aux_head(tmp_path):
+    maps = torch.rand(64, 10, 4, 4)
+    torch.save(maps, tmp_path / "maps.pt")
+    recipe = dict(data={"options": {"held_out": 200, "train_limit": 64}},
+                  sched={"epochs": 1, "max_steps": 3}, aug={"scale": [1.0, 1.0], "hflip": 0.0, "mix_token": True,
+                                                            "token_labels": str(tmp_path / "maps.pt")})
+    result = train(micro_config(tmp_path / "run", **recipe))
+    assert result["step"] == 3
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert all(np.isfinite(losses))
+    bad = micro_config(tmp_path / "bad", **recipe)
+    bad["aug"]["hflip"] = 0.5
+    with pytest.raises(ValueError, match="token labels are not warped.*aug.hflip"):
+        train(bad)
+    torch.save(torch.rand(63, 10, 4, 4), tmp_path / "short.pt")
+    short = micro_config(tmp_path / "short", **recipe)
+    short["aug"]["token_labels"] = str(tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="63 token-label maps for a training set of 64 images"):
+        train(short)
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    common = dict(model={"freeze_bn": True}, sched={"epochs": 1, "max_steps": 4})
+    big = micro_config(tmp_path / "big", data={"batch_size": 16}, **common)
+    acc = micro_config(tmp_path / "acc", data={"batch_size": 8}, optim={"lr": 2e-3, "accum_steps": 2}, **common)
+    train(big)
+    train(acc)
+    loss = lambda d: [r["loss"] for r in read_metrics(d) if r["kind"] == "train"]  # noqa: E731
+    assert len(loss(tmp_path / "acc")) == 4
+    assert loss(tmp_path / "acc") == pytest.approx(loss(tmp_path / "big"), rel=1e-4)
+
+
+def test_speed_and_memory_switches_run(tmp_path):
+    """bf16 autocast, channels-last, gradient checkpointing, clipping and layer decay together."""
+    cfg = micro_config(tmp_path / "run", amp={"dtype": "bf16"}, sched={"epochs": 1, "max_steps": 3},
+                       model={"channels_last": True, "grad_checkpointing": True, "drop_path": 0.1},
+                       optim={"clip_grad": 1.0, "layer_decay": 0.75, "lr": 2e-3})
+    result = train(cfg, return_model=True)
+    assert result["step"] == 3 and result["model"].grad_checkpointing
+    assert all(np.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run") if r["kind"] == "train")
+
+
+@pytest.mark.slow
+def test_torch_compile_switch(tmp_path):
+    result = train(micro_config(tmp_path / "run", model={"compile": True}, sched={"epochs": 1, "max_steps": 2}))
+    assert result["step"] == 2

@@ -40,6 +40,9 @@ def classification_loss(output, target: torch.Tensor, aux_weight: float = 0.5,
                         token_maps: torch.Tensor | None = None) -> torch.Tensor:
     """``output``: logits (B, K) or ``(cls, aux[, box])``; ``target``: soft (B, K) distributions."""
     if isinstance(output, torch.Tensor):
+        if token_maps is not None:
+            raise ValueError("token labels need a model with an auxiliary token head that returns "
+                             "(cls_logits, aux_logits) in training mode (e.g. VOLO with return_dense=True)")
         return soft_cross_entropy(output, target)
     if not isinstance(output, (tuple, list)) or len(output) not in (2, 3):
         raise TypeError(f"model output must be logits or (cls_logits, aux_logits[, box]), got {type(output)}")

@@ -88,6 +88,10 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
     if bundle.train is None or len(bundle.train) == 0:
         raise ValueError(f"dataset {cfg['data']['name']!r} has no training images")
     num_classes = bundle.num_classes
+    if cfg["aug"].get("token_labels"):
+        from vitlab.data.token_labels import TokenLabelDataset, check_token_label_recipe, load_token_label_maps
+        check_token_label_recipe(cfg["aug"])
+        bundle.train = TokenLabelDataset(bundle.train, load_token_label_maps(cfg["aug"]["token_labels"]), num_classes)
     model = build_model(cfg, num_classes, resolved["model_kwargs"])
     if state is not None and state.get("num_classes") not in (None, num_classes):
         raise ValueError(f"checkpoint {resume} was trained for {state['num_classes']} classes but the dataset has "
@@ -183,6 +187,9 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
             running["skipped"] += skipped
             if x is None:
                 continue
+            maps = None
+            if isinstance(x, (list, tuple)):  # token-labeling targets ride along with the images
+                x, maps = x[0], x[1].to(device, non_blocking=True)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
                 raise ValueError(f"labels must be in [0, {num_classes - 1}], got {int(y.min())}..{int(y.max())}")
@@ -195,7 +202,7 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
             with ctx:
                 with autocast(device, amp):
                     output = train_model(x)
-                loss = classification_loss(output, target, aux_weight)
+                loss = classification_loss(output, target, aux_weight, token_maps=maps)
                 scaler.scale(loss / accum).backward()
             loss_acc += loss.detach().double().cpu() / accum
             micro += 1
