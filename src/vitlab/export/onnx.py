@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MIN_OPSET, MAX_OPSET = 17, 23
 # PyTorch functions behind aten operators that users meet in error messages
@@ -128,9 +129,13 @@ def _export_dynamo(model, inputs, path, opset, dynamic_batch, names_in, names_ou
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
         dynamic_shapes = tuple({0: batch} for _ in inputs)
-    program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                                input_names=names_in, output_names=names_out, optimize=optimize, verbose=False,
-                                report=False)
+    # The math SDPA backend traces attention as plain matmul/softmax. The CPU flash kernel that
+    # F.scaled_dot_product_attention picks otherwise fails to decompose when an attention mask
+    # is given (Swin's shifted windows: "Cannot view a tensor with shape ...").
+    with sdpa_kernel(SDPBackend.MATH):
+        program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                                    input_names=names_in, output_names=names_out, optimize=optimize,
+                                    verbose=False, report=False)
     program.save(str(path))
 
 

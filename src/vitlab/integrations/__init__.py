@@ -1,0 +1,1 @@
+"""Bridges to other libraries (optional dependencies; nothing here is imported by ``import vitlab``)."""
