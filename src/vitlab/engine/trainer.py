@@ -276,9 +276,9 @@ def _train(cfg: dict, resume, dist_info: DistInfo) -> dict:
     if log is not None:
         log.close()
     result = {"output": str(out), "step": step, "epoch": epoch}
+    if not last_eval and val_loader is not None:  # every rank takes part (the counts are all-reduced)
+        last_eval = run_eval()
     if main:
-        if not last_eval and val_loader is not None:
-            last_eval = run_eval()
         model.save_pretrained(out / "model", label_names=list(bundle.class_names))
         result.update({k: last_eval.get(k) for k in ("top1", "top5", "loss", "per_class", "count")})
         if "ema" in last_eval:
