@@ -223,7 +223,7 @@ class UniFormerLight(VitlabModel):
         if collect is not None and 1 in collect:
             feats.append(x)
         x = self.patch_embed3(x)
-        cls_token = self.cls_token.expand(x.shape[0], -1, -1)
+        cls_token = self.cls_token.repeat(x.shape[0], 1, 1)  # a copy, not a view (module hooks need grad_fn)
         state = PruneState(None, self._positions(x))
         for blk in self.blocks3:
             cls_token, x = blk(cls_token, x, state)
