@@ -71,13 +71,15 @@ def test_first_block_must_initialise_scores():
     bad = dict(MICRO, prune_ratio=[[], [], [0.5, 0.5, 0.5], [0.5, 0.5]])
     with pytest.raises(ValueError, match="must not prune"):
         vitlab.create_model("uniformer_light", **bad)
+    with pytest.raises(ValueError, match="last stage-3 block must prune"):
+        vitlab.create_model("uniformer_light", **dict(MICRO, prune_ratio=[[], [], [1, 0.5, 1], [0.5, 0.5]]))
 
 
 def test_pruning_reduces_multiply_adds():
     from vitlab.bench.flops import count_macs
     x = torch.randn(1, 3, 128, 128)
     pruned = vitlab.create_model("uniformer_light", **MICRO)
-    dense = vitlab.create_model("uniformer_light", **dict(MICRO, prune_ratio=[[], [], [1, 1, 1], [1, 1]]))
+    dense = vitlab.create_model("uniformer_light", **dict(MICRO, prune_ratio=[[], [], [1, 1, 0.5], [1, 1]]))
     macs_pruned, _ = count_macs(pruned, x)
     macs_dense, _ = count_macs(dense, x)
     assert macs_pruned < 0.9 * macs_dense

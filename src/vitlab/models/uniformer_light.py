@@ -158,6 +158,9 @@ class UniFormerLight(VitlabModel):
         if prune_ratio[2][0] != 1:
             raise ValueError("the first stage-3 block must not prune (prune_ratio[2][0] == 1): it initialises the "
                              "token scores")
+        if depth[2] > 1 and prune_ratio[2][-1] == 1:
+            raise ValueError("the last stage-3 block must prune (prune_ratio[2][-1] < 1): it pools the token scores "
+                             "for stage 4")
         if representation_size:
             raise ValueError("representation_size is not supported; leave it None")
         self.in_chans, self.num_classes, self.num_features = in_chans, num_classes, embed_dim[-1]
