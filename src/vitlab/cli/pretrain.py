@@ -55,9 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-out", type=int, default=2000, help="held-out images for k-NN (labelled data only)")
     p.add_argument("--save-every", type=int, default=0, help="also keep checkpointNNNN.pth every N epochs")
     p.add_argument("--max-iters-per-epoch", type=int, default=0, help="cap iterations per epoch (smoke tests)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after N epochs in this run (schedules still span --epochs; continue with --resume)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG pictures at the end")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 

@@ -75,7 +75,9 @@ class PretrainConfig:
     seed: int = 0
     save_every: int = 0                  # also keep checkpoint{epoch:04d}.pth every N epochs
     max_iters_per_epoch: int = 0         # 0 = the whole data set
+    stop_after: int = 0                  # stop after this many epochs in this run (schedules still span `epochs`)
     device: str = "auto"
+    figures: bool = True                 # region-match and attention PNGs at the end
 
 
 def _log(msg: str, rank: int = 0) -> None:
@@ -226,7 +228,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
         atomic_write_text(out / "config.yaml", _yaml(asdict(cfg)))
 
     metrics = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = min(cfg.epochs, start_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank + 1)
@@ -281,6 +284,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
         metrics = {"epoch": epoch + 1, **{k: v / ipe for k, v in sums.items()}, "lr": float(lr_sched[step]),
                    "weight_decay": float(wd_sched[step]), "momentum": float(mom_sched[step]),
                    "teacher_temp": criterion.teacher_temperature(epoch), "iters": ipe,
+                   "param_norm": float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in student.parameters()))),
                    "epoch_seconds": round(time.time() - t0, 2)}
         if rank == 0 and cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             knn = evaluate_knn(teacher, data, cfg, mean, std)
@@ -296,9 +300,26 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             _log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), rank)
+    if rank == 0 and metrics and cfg.figures:
+        write_figures(teacher, data, aug, out / "figures", cfg.seed)
     if world > 1:
         dist.barrier()
     return metrics
+
+
+def write_figures(teacher: nn.Module, data: ImageSet, aug: MultiCropAugmentation, folder: Path, seed: int) -> None:
+    """Region-correspondence and attention pictures of the teacher for one image (PNG)."""
+    from vitlab.ssl.data import eval_batch
+    from vitlab.ssl.visualize import attention_figure, region_correspondence_figure
+    folder.mkdir(parents=True, exist_ok=True)
+    idx = (data.held_out_idx if len(data.held_out_idx) else data.train_idx)[:1]
+    device = next(teacher.parameters()).device
+    views = aug(data.floats(idx), torch.Generator().manual_seed(seed))
+    cfg = aug.cfg
+    region_correspondence_figure(teacher, views[0].to(device), views[1].to(device), folder / "region_matches.png",
+                                 cfg.mean, cfg.std)
+    whole = eval_batch(data.images[idx], cfg.global_size, cfg.mean, cfg.std, data.channels).to(device)
+    attention_figure(teacher, whole, folder / "attention.png", cfg.mean, cfg.std)
 
 
 def _yaml(d: dict) -> str:

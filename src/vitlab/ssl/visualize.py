@@ -1,0 +1,108 @@
+"""Pictures of what a self-supervised Swin learned (EsViT, arXiv 2106.09785, Fig. 1 / Sec. 5).
+
+* :func:`region_correspondence_figure`: two augmented views of one image side by side, with lines
+  joining the ``top`` most cosine-similar pairs of final-stage region features (the matches the
+  region loss L_R is built on).
+* :func:`attention_figure`: for each head of the last block, the attention every token receives
+  (mean over the queries of its window), upsampled over the input image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vitlab.attention.window import window_reverse
+from vitlab.checkpoints.atomic import atomic_write
+
+
+def _to_display(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(C, H, W) normalised image -> (H, W, C) in [0, 1] for matplotlib."""
+    c = x.shape[0]
+    m = torch.tensor(mean if len(mean) == c else [sum(mean) / len(mean)] * c).view(-1, 1, 1)
+    s = torch.tensor(std if len(std) == c else [sum(std) / len(std)] * c).view(-1, 1, 1)
+    img = (x.cpu() * s + m).clamp(0, 1).permute(1, 2, 0)
+    return img.expand(-1, -1, 3) if c == 1 else img
+
+
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+@torch.no_grad()
+def region_matches(backbone, view_a: torch.Tensor, view_b: torch.Tensor, top: int = 10):
+    """Top-``top`` (index_a, index_b, similarity) region pairs between two views (1, C, H, W) and the grids."""
+    backbone.eval()
+    fa, fb = backbone.forward_features(view_a), backbone.forward_features(view_b)
+    sim = F.normalize(fa[0], dim=-1) @ F.normalize(fb[0], dim=-1).T          # Na, Nb
+    best_b = sim.argmax(1)
+    scores = sim.max(1).values
+    order = scores.argsort(descending=True)[:top]
+    ga, gb = int(round(fa.shape[1] ** 0.5)), int(round(fb.shape[1] ** 0.5))
+    return [(int(i), int(best_b[i]), float(scores[i])) for i in order], (ga, gb)
+
+
+def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.Tensor, path, mean, std,
+                                 top: int = 10) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch
+    matches, (ga, gb) = region_matches(backbone, view_a, view_b, top)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    for ax, view, title in zip(axes, (view_a, view_b), ("view 1", "view 2")):
+        ax.imshow(_to_display(view[0], mean, std))
+        ax.set_title(title)
+        ax.axis("off")
+    sa, sb = view_a.shape[-1] / ga, view_b.shape[-1] / gb
+    for rank, (i, j, s) in enumerate(matches):
+        pa = ((i % ga + 0.5) * sa - 0.5, (i // ga + 0.5) * sa - 0.5)
+        pb = ((j % gb + 0.5) * sb - 0.5, (j // gb + 0.5) * sb - 0.5)
+        color = plt.cm.viridis(rank / max(len(matches) - 1, 1))
+        fig.add_artist(ConnectionPatch(pa, pb, "data", "data", axesA=axes[0], axesB=axes[1], color=color, lw=1.2))
+        axes[0].plot(*pa, "o", color=color, ms=3)
+        axes[1].plot(*pb, "o", color=color, ms=3)
+    fig.suptitle(f"top-{len(matches)} region matches (cosine of final-stage features)", fontsize=9)
+    _save(fig, path)
+    return Path(path)
+
+
+@torch.no_grad()
+def last_block_attention_maps(backbone, image: torch.Tensor) -> torch.Tensor:
+    """(heads, H, W) attention received per token in the last block (mean over the queries of each window)."""
+    backbone.eval()
+    attn = backbone.last_attention(image)                                   # nW, heads, N, N
+    block = backbone.layers[-1].blocks[-1]
+    ws = block.window_size
+    received = attn.mean(2)                                                 # nW, heads, N
+    nw = received.shape[0]
+    side = int(round(nw ** 0.5)) * ws
+    maps = window_reverse(received.transpose(1, 2).contiguous(), ws, side, side)  # 1, side, side, heads
+    grid = image.shape[-1] // (backbone.patch_size * 2 ** (backbone.num_layers - 1))
+    return maps[0, :max(grid, 1), :max(grid, 1)].permute(2, 0, 1)
+
+
+def attention_figure(backbone, image: torch.Tensor, path, mean, std) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    maps = last_block_attention_maps(backbone, image)
+    heads = maps.shape[0]
+    fig, axes = plt.subplots(1, heads + 1, figsize=(2 * (heads + 1), 2.2))
+    disp = _to_display(image[0], mean, std)
+    axes[0].imshow(disp)
+    axes[0].set_title("input")
+    size = image.shape[-2:]
+    for h in range(heads):
+        up = F.interpolate(maps[h][None, None], size=size, mode="nearest")[0, 0]
+        axes[h + 1].imshow(disp)
+        axes[h + 1].imshow(up, alpha=0.6, cmap="inferno")
+        axes[h + 1].set_title(f"head {h}")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("attention received in the last block", fontsize=9)
+    _save(fig, path)
+    return Path(path)
