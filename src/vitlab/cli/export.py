@@ -20,6 +20,7 @@ def add_arguments(p):
     p.add_argument("--frames", type=int, help="clip length for video models (default: the model's own)")
     p.add_argument("--batch", type=int, default=2, help="example batch size (default 2)")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: leave the batch dimension free")
+    p.add_argument("--no-optimize", action="store_true", help="ONNX: skip the graph optimisation pass (faster export)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |exported - PyTorch| (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random example and test inputs")
     p.add_argument("--output", "-o", help="output file (default: <model>.onnx / <model>.pt)")
@@ -64,7 +65,8 @@ def run(args) -> int:
     output = Path(args.output or f"{name}{suffix}")
     try:
         if args.format == "onnx":
-            export_onnx(model, inputs, output, opset=args.opset, dynamic_batch=args.dynamic_batch)
+            export_onnx(model, inputs, output, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                        optimize=not args.no_optimize)
             check = verify_onnx(model, output, inputs, dynamic_batch=args.dynamic_batch, seed=args.seed + 1)
             runtime = "onnxruntime " + __import__("onnxruntime").__version__
         else:
