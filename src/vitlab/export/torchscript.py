@@ -5,6 +5,7 @@ path taken, which is what an eval-mode vitlab model needs. Failures name the ope
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def export_torchscript(model: nn.Module, inputs: tuple, path: str | Path) -> Pat
             traced.save(str(path))
     except Exception as e:  # noqa: BLE001 - re-raised with the operator named
         name = getattr(model, "model_name", type(model).__name__)
+        function = re.search(r"Python function call '(\w+)'", str(e))
+        if function:
+            raise ExportError(f"TorchScript cannot express {name}: operator prim::PythonOp ({function.group(1)}, a "
+                              f"Python autograd.Function) cannot be saved in a TorchScript file; export it with "
+                              f"--format onnx instead") from e
         ops = operators_in_error(e)
         which = f" at operator {', '.join(describe_operator(o) for o in ops[:3])}" if ops else ""
         raise ExportError(f"TorchScript cannot express {name}{which}: {str(e).strip().splitlines()[0][:400]}") from e
