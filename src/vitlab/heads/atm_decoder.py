@@ -145,12 +145,14 @@ class _ATMBase(nn.Module):
             return (self.image_size, self.image_size)
         return (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
 
-    def _finish(self, class_logits: list[torch.Tensor], masks: list[torch.Tensor], out_size, with_aux: bool) -> dict:
+    def _finish(self, class_logits: list[torch.Tensor], masks: list[torch.Tensor], out_size, with_aux: bool,
+                with_pred: bool = True) -> dict:
         """Assemble the official output dict from per-output class logits and (map-size) mask logits."""
         out = {"pred_logits": class_logits[-1],
                "pred_masks": F.interpolate(masks[-1], size=self._out_size(out_size), mode="bilinear",
                                            align_corners=False)}
-        out["pred"] = semantic_inference(out["pred_logits"], out["pred_masks"])
+        if with_pred:
+            out["pred"] = semantic_inference(out["pred_logits"], out["pred_masks"])
         if with_aux:
             out["aux_outputs"] = [{"pred_logits": c, "pred_masks": m} for c, m in zip(class_logits[:-1], masks[:-1])]
         return out
@@ -161,7 +163,7 @@ class _ATMBase(nn.Module):
         out = self.forward_outputs(inputs, out_size, with_aux=self.training)
         return out if self.training else out["pred"]
 
-    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True) -> dict:
+    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True, with_pred: bool = True) -> dict:
         raise NotImplementedError
 
 
@@ -180,7 +182,7 @@ class ATMHead(_ATMBase):
         super().__init__(img_size, in_channels, num_classes, embed_dims, num_layers, num_heads, use_stages, use_proj,
                          ignore_index)
 
-    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True) -> dict:
+    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True, with_pred: bool = True) -> dict:
         feats = self._take_inputs(inputs)[::-1]
         B = feats[0][0].shape[0]
         q = self.q.weight.unsqueeze(0).repeat(B, 1, 1)
@@ -196,7 +198,7 @@ class ATMHead(_ATMBase):
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             acc = m if acc is None else acc + m
             cumulative.append(acc)
-        return self._finish(list(self.class_embed(torch.stack(qs))), cumulative, out_size, with_aux)
+        return self._finish(list(self.class_embed(torch.stack(qs))), cumulative, out_size, with_aux, with_pred)
 
 
 class ATMSingleHead(_ATMBase):
@@ -212,7 +214,7 @@ class ATMSingleHead(_ATMBase):
         super().__init__(img_size, in_channels, num_classes, embed_dims, num_layers, num_heads, use_stages, use_proj,
                          ignore_index)
 
-    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True) -> dict:
+    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True, with_pred: bool = True) -> dict:
         feats = self._take_inputs(inputs)[::-1]
         lateral, hw = None, None
         for i, (x, x_hw) in enumerate(feats):
@@ -230,5 +232,5 @@ class ATMSingleHead(_ATMBase):
                 qs.append(q_i)
                 masks.append(tokens_to_map(mask_logits.transpose(1, 2), hw))
             q = qs[-1]
-        return self._finish(list(self.class_embed(torch.stack(qs))), masks, out_size, with_aux)
+        return self._finish(list(self.class_embed(torch.stack(qs))), masks, out_size, with_aux, with_pred)
 

@@ -97,7 +97,7 @@ class TPNATMHead(nn.Module):
         out = self.forward_outputs(inputs, out_size, with_aux=self.training)
         return out if self.training else out["pred"]
 
-    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True) -> dict:
+    def forward_outputs(self, inputs, out_size=None, with_aux: bool = True, with_pred: bool = True) -> dict:
         if isinstance(inputs, torch.Tensor):
             inputs = [inputs]
         if len(inputs) < self.use_stages:
@@ -110,4 +110,4 @@ class TPNATMHead(nn.Module):
             proj, norm = getattr(self, f"input_proj_{i + 1}"), getattr(self, f"proj_norm_{i + 1}")
             q = getattr(self, f"decoder_{i + 1}")(q, norm(proj(x)))
         q_map = q.transpose(1, 2).reshape(q.shape[0], q.shape[2], *grid)
-        return self.atm.forward_outputs([q_map], out_hw, with_aux)
+        return self.atm.forward_outputs([q_map], out_hw, with_aux, with_pred)

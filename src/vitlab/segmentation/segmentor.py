@@ -5,7 +5,8 @@ Two kinds of decode head are supported:
 * *mask* heads (SegViT's ATM heads) output class logits + mask logits; their semantic output is
   already a per-class probability map, and they train with :class:`~vitlab.segmentation.losses.ATMLoss`;
 * *pixel* heads (UperNet, Semantic FPN) output (B, K, h, w) logits at a fraction of the input
-  size; they train with per-pixel cross-entropy and their scores are softmax probabilities.
+  size; they train with per-pixel cross-entropy (plus ``auxiliary_weight`` x that of an optional
+  ``auxiliary_head`` on one backbone map) and their scores are softmax probabilities.
 
 The backbone gives NCHW maps through ``forward_intermediates(x, indices)``. Inputs whose sides are
 not a multiple of the backbone's stride are padded at the bottom/right and the scores cropped back.
@@ -35,9 +36,13 @@ class Segmentor(VitlabModel):
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, in_indices, num_classes: int,
                  ignore_index: int = 255, criterion: nn.Module | None = None, size_divisor: int = 32,
-                 test_cfg: dict | None = None, auxiliary_weight: float = 0.0):
+                 test_cfg: dict | None = None, auxiliary_head: nn.Module | None = None, auxiliary_index: int = -2,
+                 auxiliary_weight: float = 0.4):
         super().__init__()
         self.backbone, self.decode_head = backbone, decode_head
+        if auxiliary_head is not None:
+            self.auxiliary_head = auxiliary_head
+        self.auxiliary_index, self.auxiliary_weight = auxiliary_index, auxiliary_weight
         self.in_indices = list(in_indices)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.criterion = criterion
@@ -63,6 +68,8 @@ class Segmentor(VitlabModel):
     def reset_classifier(self, num_classes: int) -> None:
         """New class-specific parameters (queries + class head, or the final classifier) for ``num_classes``."""
         self.decode_head.reset_classes(num_classes)
+        if hasattr(self, "auxiliary_head"):
+            self.auxiliary_head.reset_classes(num_classes)
         self.num_classes = num_classes
         if isinstance(self.criterion, ATMLoss):
             c = self.criterion
@@ -100,15 +107,13 @@ class Segmentor(VitlabModel):
             raise ValueError(f"label size {tuple(label.shape[-2:])} differs from image size {tuple(img.shape[-2:])}")
         feats = self.forward_features(img)
         if is_mask_head(self.decode_head):
-            out = self.decode_head.forward_outputs(feats, out_size=img.shape[-2:], with_aux=True)
+            out = self.decode_head.forward_outputs(feats, out_size=img.shape[-2:], with_aux=True, with_pred=False)
             losses = self.criterion(out, label, ignore_index=self.ignore_index)
         else:
-            out = self.decode_head(feats)
-            if isinstance(out, tuple):  # (main logits, auxiliary logits)
-                losses = {"loss_ce": pixel_cross_entropy(out[0], label, self.ignore_index),
-                          "loss_aux": 0.4 * pixel_cross_entropy(out[1], label, self.ignore_index)}
-            else:
-                losses = {"loss_ce": pixel_cross_entropy(out, label, self.ignore_index)}
+            losses = {"loss_ce": pixel_cross_entropy(self.decode_head(feats), label, self.ignore_index)}
+        if hasattr(self, "auxiliary_head"):
+            aux = self.auxiliary_head(feats[self.auxiliary_index])
+            losses["loss_aux"] = self.auxiliary_weight * pixel_cross_entropy(aux, label, self.ignore_index)
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -127,6 +132,5 @@ class Segmentor(VitlabModel):
             scores = self.decode_head.forward_outputs(feats, out_size=padded.shape[-2:], with_aux=False)["pred"]
         else:
             logits = self.decode_head(feats)
-            logits = logits[0] if isinstance(logits, tuple) else logits
             scores = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
         return scores[..., :H, :W]

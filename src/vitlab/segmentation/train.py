@@ -143,7 +143,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
                                                              for k, v in cfg.items()}, sort_keys=False))
     model.train()
     batches = _batches(train_set, cfg["batch_size"], cfg["seed"], step, cfg["workers"])
-    t0, running = time.time(), []
+    t0, c0, running = time.time(), time.process_time(), []
     from tqdm import tqdm
     bar = tqdm(total=cfg["iters"], initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     while step < cfg["iters"]:
@@ -165,7 +165,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{running[-1]:.3f}", lr=f"{lr:.2e}")
         if step % cfg["log_interval"] == 0 or step == cfg["iters"]:
             _log(metrics_file, {"iter": step, "lr": lr, "loss": sum(running) / len(running),
-                                "time_s": round(time.time() - t0, 1)})
+                                "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)})
             running = []
         if step % cfg["eval_interval"] == 0 or step == cfg["iters"]:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -181,7 +181,8 @@ def train(cfg: dict, progress: bool = True) -> dict:
                       cfg["stride"], overlay_dir=out / "overlays", num_overlays=cfg["overlays"])
     _log(metrics_file, {"iter": step, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"]})
     model.save_pretrained(out / "model", label_names=val_set.class_names)
-    atomic_write_json(out / "eval.json", {**result, "iters": step, "train_time_s": round(time.time() - t0, 1)})
+    atomic_write_json(out / "eval.json", {**result, "iters": step, "wall_s": round(time.time() - t0, 1),
+                                          "cpu_s": round(time.process_time() - c0, 1), "threads": torch.get_num_threads()})
     atomic_write_text(out / "per_class.txt", format_table(result) + "\n")
     _plot(metrics_file, out / "curves.png")
     return result
