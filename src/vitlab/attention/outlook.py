@@ -82,7 +82,8 @@ def neighbourhood_weights(attn: torch.Tensor, H: int, W: int, kernel_size: int, 
 
     ``attn`` (B, heads, n, K^2, K^2) [window, output slot, input slot] -> (F*F, B, H, W, heads) with
     F = 2K - 1, frame index o = (fy, fx) weighting the value at (y + fy - c, x + fx - c),
-    c = ``neighbourhood_centre(...)``.
+    c = ``neighbourhood_centre(...)``. Functional (pads, adds, a pixel shuffle): what ``torch.compile``
+    traces; eager code uses the in-place twin ``_build_frames``.
 
     stride > 1: window i covers rows i*s - p + a (a < K); its output slot a and input slot a' are
     a' - a apart, so slot pair (a, a') lands in frame row K-1 + a' - a of pixel y = i*s - p + a.
@@ -122,6 +123,22 @@ def neighbourhood_weights(attn: torch.Tensor, H: int, W: int, kernel_size: int, 
         frames = torch.stack(rows, dim=3).reshape(B, heads, hc * s, wc * s, Fr, Fr)  # pixel shuffle
         frames = frames[:, :, p:p + H, p:p + W]
     return frames.permute(4, 5, 0, 2, 3, 1).reshape(Fr * Fr, B, H, W, heads)
+
+
+def _fold_free_functional(v: torch.Tensor, attn: torch.Tensor, kernel_size: int, padding: int,
+                          stride: int) -> torch.Tensor:
+    """The fold-free math in a few differentiable ops for ``torch.compile``.
+
+    The (2K-1)^2 neighbourhood of every pixel is a strided *view* of the padded values, and the
+    weighted sum over it is one reduction that inductor fuses, so nothing per offset is materialised.
+    """
+    B, H, W, heads, d = v.shape
+    Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
+    weights = neighbourhood_weights(attn, H, W, kernel_size, padding, stride)  # F*F, B, H, W, heads
+    weights = weights.reshape(Fr, Fr, B, H, W, heads).permute(2, 3, 4, 5, 0, 1).unsqueeze(4)
+    vp = F.pad(v, (0, 0, 0, 0, c, Fr - 1 - c, c, Fr - 1 - c))
+    windows = vp.unfold(1, Fr, 1).unfold(2, Fr, 1)  # B, H, W, heads, d, F, F (a view)
+    return (windows * weights.to(v.dtype)).sum(dim=(-2, -1))
 
 
 def neighbourhood_centre(kernel_size: int, padding: int, stride: int) -> int:
@@ -286,7 +303,8 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
         from .outlook_triton import triton_outlook_attention
         out = triton_outlook_attention(v5, attn, kernel_size, padding, stride)
     else:
-        out = _FoldFreeOutlook.apply(v5, attn, kernel_size, padding, stride)
+        run = _fold_free_functional if torch.compiler.is_compiling() else _FoldFreeOutlook.apply
+        out = run(v5, attn, kernel_size, padding, stride)
     return out.reshape(B, H, W, C)
 
 
