@@ -1,0 +1,244 @@
+"""Side-by-side speed and memory: vitlab's fused paths vs the reference computations, in one process.
+
+    python benchmarks/compare.py                         # CPU defaults: batch 8 at 224, fp32
+    python benchmarks/compare.py --models volo_d1 --kernel-batch 32 --out bench.md
+
+For every model: images/s for inference (eval, no grad) and for a training step (forward, cross-
+entropy, backward, SGD step), and the peak memory of each, for vitlab and for the reference path of
+``reference_paths.py`` (same weights; the outputs are checked to agree). Runs alternate between the
+two paths so that load on a shared machine hits both alike; the median is reported. timm's
+``volo_d1`` / ``swin_tiny`` are added when timm imports.
+
+Peak memory on CPU is the peak of live tensor bytes during one step, from the allocation and free
+events that ``torch.profiler`` records with ``profile_memory=True`` (on CUDA:
+``torch.cuda.max_memory_allocated``). The outlook kernel section measures the attention op alone
+(``outlook_attention`` forward + backward from given values and weights) and the whole
+``OutlookAttention`` module (projections included).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_paths import reference_paths  # noqa: E402
+
+import vitlab  # noqa: E402
+from vitlab.attention.outlook import OutlookAttention, outlook_attention  # noqa: E402
+
+DEFAULT_MODELS = ["volo_d1", "swin_tiny", "pale_tiny", "uniformer_small", "vit_base_patch16"]
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Peak live tensor bytes while ``fn`` runs (see module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _loss(out, target):
+    if isinstance(out, (tuple, list)):  # token labeling: (cls, aux)
+        return F.cross_entropy(out[0], target) + 0.5 * out[1].float().mean()
+    return F.cross_entropy(out, target)
+
+
+class Runner:
+    """One model variant: ``infer()`` and ``train_step()`` closures sharing the model and data."""
+
+    def __init__(self, model, x, target, context, dtype):
+        self.model, self.x, self.target, self.context, self.dtype = model, x, target, context, dtype
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def _autocast(self):
+        return torch.autocast(self.x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def infer(self):
+        self.model.eval()
+        with self.context(self.model), torch.no_grad(), self._autocast():
+            return self.model(self.x)
+
+    def train_step(self):
+        self.model.train()
+        with self.context(self.model), self._autocast():
+            loss = _loss(self.model(self.x), self.target)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def _nullctx(model):
+    import contextlib
+    return contextlib.nullcontext(model)
+
+
+def time_alternating(fns: dict, iters: int, warmup: int, device) -> dict:
+    """Median seconds per call of each fn, calls interleaved round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_model(name: str, args, device, dtype) -> list[dict]:
+    torch.manual_seed(0)
+    try:
+        model = vitlab.create_model(name, num_classes=1000).to(device)
+    except Exception as e:  # a family may not be available in this checkout
+        print(f"  skip {name}: {e}")
+        return []
+    img = args.img
+    x = torch.randn(args.batch, 3, img, img, device=device)
+    target = torch.randint(0, 1000, (args.batch,), device=device)
+    runners = {"vitlab": Runner(model, x, target, _nullctx, dtype),
+               "reference": Runner(model, x, target, reference_paths, dtype)}
+    timm_name = {"volo_d1": "volo_d1_224", "swin_tiny": "swin_tiny_patch4_window7_224"}.get(name)
+    if timm_name and args.timm:
+        try:
+            import timm
+            tm = timm.create_model(timm_name, pretrained=False).to(device)
+            runners["timm"] = Runner(tm, x, target, _nullctx, dtype)
+        except Exception as e:
+            print(f"  timm unavailable ({type(e).__name__}: {str(e)[:80]})")
+    # same function: the reference path must reproduce vitlab's logits
+    with torch.no_grad():
+        a, b = _logits(runners["vitlab"].infer()), _logits(runners["reference"].infer())
+    agree = (a.float() - b.float()).abs().max().item()
+    rows = []
+    for mode in ("infer", "train"):
+        fns = {k: (r.infer if mode == "infer" else r.train_step) for k, r in runners.items()}
+        sec = time_alternating(fns, args.iters, args.warmup, device)
+        mem = {k: peak_bytes(fn, device) for k, fn in fns.items()} if args.memory else {}
+        for k in fns:
+            rows.append(dict(model=name, mode=mode, path=k, ips=args.batch / sec[k],
+                             mem_mib=mem.get(k, float("nan")) / 2 ** 20, agree=agree))
+        ref, ours = sec["reference"], sec["vitlab"]
+        print(f"  {name:18s} {mode:5s} vitlab {args.batch / ours:7.2f} img/s  reference {args.batch / ref:7.2f} img/s"
+              f"  speed x{ref / ours:.2f}" + (f"  memory x{mem['vitlab'] / mem['reference']:.2f}" if mem else "")
+              + (f"  vs timm x{sec['timm'] / ours:.2f}" if "timm" in sec else "") + f"  (max |diff| {agree:.1e})",
+              flush=True)
+    return rows
+
+
+def bench_outlook_kernel(args, device) -> list[dict]:
+    """Outlook attention at 56x56x192 (6 heads), forward + backward: op alone and whole module."""
+    B, H, C, heads = args.kernel_batch, 56, 192, 6
+    torch.manual_seed(0)
+    v = torch.randn(B, H, H, C, device=device, requires_grad=True)
+    attn = torch.randn(B, heads, (H // 2) ** 2, 9, 9, device=device).softmax(-1).requires_grad_()
+    x = torch.randn(B, H, H, C, device=device, requires_grad=True)
+    grad = torch.randn(B, H, H, C, device=device)
+    module = OutlookAttention(C, heads, 3, 1, 2).to(device)
+    impls = ("reference", "torch") + (("triton",) if device.type == "cuda" else ())
+
+    def op(impl):
+        return lambda: outlook_attention(v, attn, heads, 3, 1, 2, impl).backward(grad)
+
+    def mod(impl):
+        def run():
+            module.implementation = impl
+            module(x).backward(grad)
+        return run
+
+    rows = []
+    for label, make in (("outlook op", op), ("OutlookAttention module", mod)):
+        fns = {i: make(i) for i in impls}
+        sec = time_alternating(fns, args.kernel_iters, 1, device)
+        mem = {i: peak_bytes(fn, device) for i, fn in fns.items()}
+        for i in impls:
+            rows.append(dict(model=f"{label} 56x56x192 b{B}", mode="fwd+bwd", path=i, ips=B / sec[i],
+                             mem_mib=mem[i] / 2 ** 20, agree=0.0))
+        print(f"  {label:24s} fwd+bwd: fold-free {sec['torch']:.3f}s vs unfold/fold {sec['reference']:.3f}s "
+              f"(x{sec['reference'] / sec['torch']:.2f}); peak memory {mem['torch'] / 2 ** 20:.0f} vs "
+              f"{mem['reference'] / 2 ** 20:.0f} MiB (x{mem['torch'] / mem['reference']:.2f})", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| model | mode | path | images/s | peak MiB | speed vs reference | memory vs reference |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = next(q for q in rows if q["model"] == r["model"] and q["mode"] == r["mode"] and q["path"] == "reference")
+        lines.append(f"| {r['model']} | {r['mode']} | {r['path']} | {r['ips']:.2f} | {r['mem_mib']:.0f} | "
+                     f"x{r['ips'] / ref['ips']:.2f} | x{r['mem_mib'] / ref['mem_mib']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="*", default=DEFAULT_MODELS)
+    p.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 64 on GPU")
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default fp32 on CPU, bf16 on GPU")
+    p.add_argument("--kernel-batch", type=int, default=32, help="batch of the outlook kernel benchmark (0: skip)")
+    p.add_argument("--kernel-iters", type=int, default=2)
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    p.add_argument("--no-timm", dest="timm", action="store_false")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.batch = args.batch or (64 if device.type == "cuda" else 8)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    header = (f"{datetime.date.today().isoformat()} · {machine} · torch {torch.__version__} · batch {args.batch} at "
+              f"{args.img}, {str(dtype).replace('torch.', '')}")
+    print(header, flush=True)
+    rows = []
+    if args.kernel_batch:
+        rows += bench_outlook_kernel(args, device)
+    for name in args.models:
+        rows += bench_model(name, args, device, dtype)
+    table = markdown(rows, header)
+    print(table)
+    if args.out:
+        from vitlab.checkpoints.atomic import atomic_write_text
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
