@@ -43,7 +43,9 @@ def _metrics_log(path: Path, keep_until_step: int | None, main: bool):
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
-    return open(path, "a") if main else None
+    if not main:
+        return None
+    return open(path, "a" if keep_until_step is not None else "w")  # a fresh run starts a fresh log
 
 
 def _write(log, record: dict) -> None:
