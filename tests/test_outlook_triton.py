@@ -1,7 +1,7 @@
 """Triton outlook kernels (forward and both gradients) against the unfold/fold reference.
 
 On a machine without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set
-before triton is imported). The test skips when triton is not installed.
+before triton is imported; about half a minute of CPU, hence slow). Skipped when triton is not installed.
 """
 import os
 import subprocess
@@ -38,6 +38,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_triton_kernels_match_reference_in_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
