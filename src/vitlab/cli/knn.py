@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--held-out", type=int, default=2000)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--features", choices=("pooled", "last4"), default="pooled",
+                   help="pooled final tokens (EsViT's k-NN feature) or the last 4 blocks' pooled outputs")
     p.add_argument("--baselines", action="store_true",
                    help="also report raw pixels, mean-centred raw pixels and the same network at random init")
     p.add_argument("--seed", type=int, default=0)
@@ -58,9 +60,9 @@ def run(args) -> int:
             random.mean, random.std = ref.mean, ref.std
             infos.append(random)
         for info in infos:
-            fb = extract_features(info.backbone, bank_img, info.img_size, info.mean, info.std)
-            fq = extract_features(info.backbone, query_img, info.img_size, info.mean, info.std)
-            rows.append({"features": info.source, **knn_accuracy(fb, bank_y, fq, query_y, args.k, args.temperature)})
+            fb = extract_features(info.backbone, bank_img, info.img_size, info.mean, info.std, mode=args.features)
+            fq = extract_features(info.backbone, query_img, info.img_size, info.mean, info.std, mode=args.features)
+            rows.append({"features": f"{info.source} [{args.features}]", **knn_accuracy(fb, bank_y, fq, query_y, args.k, args.temperature)})
         if args.baselines:
             size = infos[0].img_size if infos else (args.img_size or bank_img.shape[-1])
             for center in (False, True):
