@@ -1,5 +1,6 @@
 """A micro Pale Transformer learns the built-in digits set: the loss falls and held-out accuracy beats chance."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +15,16 @@ def _tensors(images: np.ndarray, labels: np.ndarray, size: int):
     return x.expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(labels)
 
 
-def test_micro_pale_learns_digits():
+@pytest.fixture
+def one_thread():
+    """Tiny ops gain nothing from a second thread, and a busy machine makes it spin; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_micro_pale_learns_digits(one_thread):
     torch.manual_seed(0)
     images, labels = load_digits()
     order = np.random.default_rng(0).permutation(len(images))
