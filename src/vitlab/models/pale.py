@@ -108,6 +108,8 @@ class PaleTransformer(VitlabModel):
     (``pale_size`` and ``mlp_ratios`` may be a single value; a stage's pale size may be an (s_r, s_c) pair).
     ``stem_kernel``/``stem_stride`` and ``merge_kernel``/``merge_stride`` shape the patch merging.
     Every stage's ``num_heads`` must be even (half attend along rows, half along columns).
+    ``img_size`` only sets the default input size in ``pretrained_cfg``: there are no position
+    tables, and any input size works.
     """
 
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
