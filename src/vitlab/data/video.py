@@ -46,8 +46,8 @@ def dense_indices(video_frames: int, num_frames: int, stride: int = 1, clip_inde
     if clip_index is None:
         start = _rand_int(slack + 1, generator)
     else:
-        start = int(round(slack * (clip_index + 0.5) / num_clips - 0.5)) if num_clips > 1 else slack // 2
-        start = min(max(start, 0), slack)
+        # one clip: the centre; several: evenly spaced from the first to the last possible start
+        start = round(slack * clip_index / (num_clips - 1)) if num_clips > 1 else slack // 2
     return (start + torch.arange(num_frames) * stride).clamp_(max=video_frames - 1)
 
 
