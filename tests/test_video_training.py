@@ -12,7 +12,7 @@ from vitlab.cli.main import main  # noqa: E402
 def test_video_micro_learns_synthetic_motion(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    code = main(["train", "--task", "video", "--img-size", "32", "--epochs", "6", "--threads", "2",
+    code = main(["train", "--task", "video", "--img-size", "32", "--threads", "2",
                  "--output", str(run), "--progress", "log", "--json"])
     assert code == 0
     out = capsys.readouterr().out
