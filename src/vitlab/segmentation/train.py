@@ -29,7 +29,7 @@ DEFAULTS = dict(model="segvit_micro", data="texture-scenes", data_root=None, red
                 crop_size=64, scale=None, ratio_range=(0.5, 2.0), iters=2000, batch_size=8, lr=1e-3, head_lr_mult=1.0,
                 weight_decay=0.01, warmup_iters=100, grad_clip=1.0, log_interval=20, eval_interval=500, seed=0,
                 workers=0, threads=None, mode=None, stride=None, out="runs/segment", overlays=4, resume=False,
-                backbone_weights=None, model_kwargs={})
+                backbone_weights=None, model_kwargs={}, stop_after=None)
 
 
 def build_datasets(cfg: dict, mean, std):
@@ -80,7 +80,8 @@ def _batches(dataset, batch_size: int, seed: int, start_step: int, workers: int)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
         sampler = order[offset * batch_size:per_epoch * batch_size]
         loader = DataLoader(torch.utils.data.Subset(dataset, sampler), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, drop_last=True)
+                            num_workers=workers, drop_last=True,
+                            generator=torch.Generator().manual_seed(seed + epoch))  # keeps the global RNG untouched
         for batch in loader:
             yield batch
             step += 1
@@ -111,7 +112,11 @@ def _log(path: Path, record: dict) -> None:
 
 
 def train(cfg: dict, progress: bool = True) -> dict:
-    """Train a segmentor as configured (see ``DEFAULTS``); returns the final evaluation summary."""
+    """Train a segmentor as configured (see ``DEFAULTS``); returns the final evaluation summary.
+
+    ``stop_after=N`` ends this call at the first checkpoint at or after step N (returning None), for
+    runs split into chunks; ``resume=True`` continues from ``last.pth`` exactly where it stopped.
+    """
     import vitlab
     cfg = {**DEFAULTS, **cfg}
     if cfg.get("threads"):
@@ -170,6 +175,9 @@ def train(cfg: dict, progress: bool = True) -> dict:
         if step % cfg["eval_interval"] == 0 or step == cfg["iters"]:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                "rng": torch.get_rng_state(), "config": cfg}, out / "last.pth")
+            if cfg.get("stop_after") and step >= cfg["stop_after"]:
+                bar.close()
+                return None  # a chunk of a longer run: continue it with resume=True
             if step < cfg["iters"]:
                 r = evaluate(model, val_set, cfg["mode"], cfg["crop_size"] if cfg["mode"] == "slide" else None,
                              cfg["stride"])
