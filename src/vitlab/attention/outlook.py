@@ -195,8 +195,8 @@ def _build_frames(attn: torch.Tensor, H: int, W: int, kernel_size: int, padding:
     return buffer, offset
 
 
-def _batch_chunks(v: torch.Tensor, target_elems: int = 1 << 20):
-    """Batch slices of about ``target_elems`` values each, so that the 25 passes stay in cache."""
+def _batch_chunks(v: torch.Tensor, target_elems: int = 1 << 23):
+    """Batch slices of about ``target_elems`` values each: bounds the temporaries while keeping the op count low."""
     per_item = max(1, v[0].numel())
     step = max(1, target_elems // per_item)
     return [slice(b, min(b + step, v.shape[0])) for b in range(0, v.shape[0], step)]
@@ -261,7 +261,7 @@ class _FoldFreeOutlook(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_frames = attn.new_zeros(frame_shape)
             for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
-                torch.sum(grad_out[out_idx] * v[v_idx], dim=-1, out=grad_frames[idx])
+                grad_frames[idx] = (grad_out[out_idx] * v[v_idx]).sum(-1)
             grad_attn = attn.new_empty(attn.shape)
             for frame, slot in _frame_slot_views(grad_frames, grad_attn, H, W, kernel_size, padding, stride):
                 slot.copy_(frame)
