@@ -107,3 +107,12 @@ def test_load_image_checkpoint_into_video_model_inflates():
     # a video checkpoint (already 3-D) loads unchanged, without notes
     again = vitlab.load_checkpoint(vitlab.create_model("uniformer_video_micro"), video.state_dict())
     assert not again.notes
+
+
+def test_image_checkpoint_into_divided_attention_model_keeps_temporal_init():
+    image = vitlab.create_model("uniformer_micro", depth=[1, 1, 1, 1], num_classes=10)
+    video = vitlab.create_model("uniformer_video_micro", split=True)
+    report = vitlab.load_checkpoint(video, image.state_dict(), strict=True)
+    assert any("12 temporal-attention keys" in n for n in report.notes)
+    assert torch.count_nonzero(video.blocks3[0].t_attn.qkv.weight) == 0
+    torch.testing.assert_close(video.blocks3[0].attn.qkv.weight, image.blocks3[0].attn.qkv.weight)

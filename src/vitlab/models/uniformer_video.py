@@ -211,6 +211,12 @@ class UniFormerVideo(VitlabModel):
             if aux:
                 out = {k: v for k, v in out.items() if k not in aux}
                 notes.append(f"dropped the image model's token-labeling head ({', '.join(aux)})")
+            temporal = [k for k in own if (".t_attn." in k or ".t_norm." in k) and k not in out]
+            if temporal:  # divided attention: image models have no temporal attention; keep its identity init
+                for k in temporal:
+                    out[k] = own[k].clone()
+                notes.append(f"kept the initial values of {len(temporal)} temporal-attention keys the image "
+                             f"checkpoint lacks (t_attn/t_norm: identity-like start)")
             head = [k for k in ("head.weight", "head.bias") if k in out and k in own and out[k].shape != own[k].shape]
             if head:  # ImageNet classes -> video classes: keep this model's fresh head, as the official recipe does
                 n_ckpt = out[head[0]].shape[0]
