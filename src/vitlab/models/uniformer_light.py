@@ -1,4 +1,4 @@
-"""Light UniFormer XXS / XS (Li et al., arXiv 2201.09450 v2+; official ``image_classification/models/uniformer_light.py``).
+"""Light UniFormer XXS / XS (Li et al., arXiv 2201.09450; official ``models/uniformer_light.py``).
 
 The hourglass design: stages 3-4 carry a class token and prune tokens Evo-ViT style
 (Xu et al., arXiv 2108.01390). A running "global attention" score (the class token's attention
