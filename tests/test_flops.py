@@ -73,8 +73,17 @@ def test_volo_d1_breakdown():
     rows = {r["name"]: r for r in measure("volo_d1", 224, None)["stages"]}
     assert list(rows)[:5] == ["patch_embed", "stage1", "stage2", "stage3", "stage4"]
     assert rows["stage1"]["module"] == "network.0" and rows["stage1"]["reduction"] == 8
-    # stage 3 holds 8 transformer blocks, stage 2 four of the same width: twice the work
-    assert rows["stage3"]["macs"] == 2 * rows["stage2"]["macs"]
+    # stages 2-4 hold 4, 8 and 2 identical transformer blocks; stage 2 also has the 2x2 downsampling conv
+    downsample = 384 * 192 * 4 * 14 * 14
+    assert rows["stage3"]["macs"] == 4 * rows["stage4"]["macs"] == 2 * (rows["stage2"]["macs"] - downsample)
+
+
+def test_segmentor_rows_split_backbone_and_decoder():
+    if "segvit_vit_large_shrunk" not in REGISTERED:
+        pytest.skip("SegViT-Shrunk is not registered")
+    rows = {r["name"]: r for r in measure("segvit_vit_large_shrunk", 640, None)["stages"]}
+    assert rows["stage1"]["module"].startswith("backbone.") and "decode_head" in rows
+    assert rows["decode_head"]["macs"] > 0 and "backbone.patch_embed" in rows
 
 
 def test_video_frames_scale_the_count():

@@ -5,10 +5,11 @@ FLOPs per multiply-add). It counts matrix products, convolutions and attention; 
 work (norms, activations, softmax, residual adds, pooling, the outlook/overlap-add sums) is not
 counted, as in fvcore/mmcv, whose numbers the papers quote.
 
-Stages follow the model's ``feature_info``: modules before the first stage are listed under their
-own names (the stem), every module from one stage up to the next belongs to that stage (so a
-downsampling layer between stages counts with the stage before it), and modules after the last
-stage (norm, heads, decoders) are listed under their own names.
+Stages follow the model's ``feature_info`` and the order in which modules run: a stage holds its
+module's sub-tree plus the modules of the same container that run just before it (a downsampling
+layer between two stages counts with the stage it feeds; the blocks of a plain ViT up to a tapped
+block count with that tap). Modules that run before the first stage (the stem) and after the last
+one (norm, heads, decoders) are listed under their own names.
 """
 from __future__ import annotations
 
@@ -50,38 +51,83 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _module_order(model: nn.Module) -> dict[str, int]:
-    return {name: i for i, (name, _) in enumerate(model.named_modules()) if name}
+def record_call_order(model: nn.Module):
+    """Context: forward pre-hooks that note when each sub-module is first called -> {path: index}."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def recording():
+        order: dict[str, int] = {}
+
+        def note(path):
+            def hook(module, args):  # returns None: the inputs pass through unchanged
+                order.setdefault(path, len(order))
+            return hook
+        handles = [m.register_forward_pre_hook(note(name)) for name, m in model.named_modules() if name]
+        try:
+            yield order
+        finally:
+            for h in handles:
+                h.remove()
+    return recording()
 
 
-def _stage_modules(model: nn.Module, order: dict[str, int]) -> list[dict]:
-    """feature_info entries whose module exists (tried as given and under ``backbone.``), in model order."""
+def _stage_modules(model: nn.Module, known: set[str]) -> list[dict]:
+    """feature_info entries whose module exists (as given, or under ``backbone.`` for a segmentor)."""
     info = list(getattr(model, "feature_info", None) or [])
     for prefix in ("", "backbone."):
-        found = [{**f, "module": prefix + f["module"]} for f in info if prefix + f["module"] in order]
+        found = [{**f, "module": prefix + f["module"]} for f in info if prefix + f["module"] in known]
         if info and len(found) == len(info):
-            return sorted(found, key=lambda f: order[f["module"]])
+            return found
     return []
 
 
-def group_by_stage(model: nn.Module, per_module: dict[str, int]) -> list[dict]:
-    """Turn exclusive per-module counts into ordered rows: stem modules, stages, then the rest."""
-    order = _module_order(model)
-    stages = _stage_modules(model, order)
-    starts = [order[s["module"]] for s in stages]
-    if stages:
-        last = stages[-1]["module"]
-        end = max(i for n, i in order.items() if n == last or n.startswith(last + "."))
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def group_by_stage(model: nn.Module, per_module: dict[str, int], call_order: dict[str, int]) -> list[dict]:
+    """Ordered rows from exclusive per-module counts: stem modules, one row per stage, then the rest.
+
+    A stage (a ``feature_info`` module) spans the calls of its sub-tree. Modules in the same container
+    as the stage modules (blocks of a plain ViT, a downsampling layer between stages) belong to the
+    next stage that runs after them; other modules run before the first stage form the stem, and
+    those after the last stage (norm, heads, decoders) get rows of their own.
+    """
+    stages = _stage_modules(model, {name for name, _ in model.named_modules() if name})
+    within = lambda path, root: path == root or path.startswith(root + ".")  # noqa: E731
+    spans = []
+    for s in stages:  # a stage container may be iterated rather than called: use its sub-tree's calls
+        calls = [i for p, i in call_order.items() if within(p, s["module"])]
+        spans.append((min(calls), max(calls)) if calls else (-1, -2))
+    containers = {_parent(s["module"]) for s in stages}
+
+    def label(path: str) -> str:
+        """The shortest prefix of ``path`` that does not contain a stage ("decode_head", "backbone.norm")."""
+        parts = path.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            if not any(within(s["module"], prefix) for s in stages):
+                return prefix
+        return path
     rows: dict[str, dict] = {}
     for path, macs in per_module.items():
-        pos = order.get(path)
-        if pos is None:  # work done outside any sub-module (in the model's own forward)
-            key, module, reduction, first = "(other)", "", None, len(order)
-        elif stages and starts[0] <= pos <= end:
-            i = max(j for j, s in enumerate(starts) if s <= pos)
-            key, module, reduction, first = f"stage{i + 1}", stages[i]["module"], stages[i].get("reduction"), starts[i]
+        pos = call_order.get(path)
+        stage = None
+        if pos is not None and stages:
+            inside = [i for i, (lo, hi) in enumerate(spans) if lo <= pos <= hi]
+            later = [i for i, (lo, _) in enumerate(spans) if lo > pos]
+            if inside:
+                stage = inside[-1]
+            elif later and any(c == "" or path.startswith(c + ".") for c in containers):
+                stage = later[0]
+        if stage is not None:
+            key, module, reduction, first = f"stage{stage + 1}", stages[stage]["module"], \
+                stages[stage].get("reduction"), spans[stage][0]
+        elif pos is None:  # work in the model's own forward, outside any sub-module
+            key, module, reduction, first = "(other)", "", None, len(call_order) + 1
         else:
-            key = module = path.split(".")[0]
+            key = module = label(path)
             reduction, first = None, pos
         row = rows.setdefault(key, {"name": key, "module": module, "reduction": reduction, "macs": 0, "order": first})
         row["order"] = min(row["order"], first)
@@ -127,7 +173,8 @@ def measure(spec: str, img: int | None = None, frames: int | None = None, depth:
         try:
             model = _build(spec, img, frames, device)
             inputs = example_inputs(model, batch=1, img=img, frames=frames, device=device)
-            total, per_module = count_macs(model, *inputs, depth=depth)
+            with record_call_order(model) as call_order:
+                total, per_module = count_macs(model, *inputs, depth=depth)
             break
         except (NotImplementedError, RuntimeError) as e:  # an op without a meta kernel: count on CPU
             last_error = e
@@ -135,7 +182,7 @@ def measure(spec: str, img: int | None = None, frames: int | None = None, depth:
         raise last_error
     return {"model": getattr(model, "model_name", spec), "input_shape": list(inputs[0].shape),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "macs": total, "gmacs": total / 1e9,
-            "stages": group_by_stage(model, per_module), "per_module": per_module}
+            "stages": group_by_stage(model, per_module, call_order), "per_module": per_module}
 
 
 def run(args) -> int:
@@ -152,12 +199,15 @@ def run(args) -> int:
         print(json.dumps({**result, **({"modules": modules} if modules else {})}, indent=2))
         return 0
     print(f"{result['model']}: input {tuple(result['input_shape'])}, {result['params_m']:.2f}M params")
-    print(f"{'part':<14} {'module':<28} {'stride':>6} {'GMACs':>10} {'share':>7}")
-    for row in result["stages"]:
+    rows = result["stages"]
+    width = max([5] + [len(r["name"]) for r in rows])
+    print(f"{'part':<{width}}  {'module':<20} {'stride':>6} {'GMACs':>10} {'share':>7}")
+    for row in rows:
         stride = f"1/{row['reduction']}" if row["reduction"] else ""
-        print(f"{row['name']:<14} {row['module']:<28} {stride:>6} {row['macs'] / 1e9:>10.3f} "
+        module = row["module"] if row["module"] != row["name"] else ""
+        print(f"{row['name']:<{width}}  {module:<20} {stride:>6} {row['macs'] / 1e9:>10.3f} "
               f"{100 * row['macs'] / max(result['macs'], 1):>6.1f}%")
-    print(f"{'total':<14} {'':<28} {'':>6} {result['gmacs']:>10.3f}")
+    print(f"{'total':<{width}}  {'':<20} {'':>6} {result['gmacs']:>10.3f}")
     if "published_gmacs" in result:
         print(f"published: {result['published_gmacs']} GMACs ({result['published_source']}); "
               f"ours / published = {result['ratio_to_published']:.3f}")
