@@ -37,3 +37,18 @@ def test_micro_segvit_learns_texture_scenes(tmp_path):
     result = train(dict(data=str(root), reduce_zero_label=True, iters=1000, warmup_iters=50, eval_interval=1000,
                         threads=2, out=str(tmp_path / "run"), overlays=0), progress=False)
     assert result["mIoU"] > 0.35 and result["aAcc"] > 0.5
+
+
+def test_train_task_segmentation(tmp_path, capsys):
+    from vitlab.data.registry import get_task
+    from vitlab.segmentation.task import to_segmentation_config
+    root = write_texture_scenes(tmp_path / "scenes", num_train=4, num_val=1, size=48, seed=3)
+    config = {"task": "segmentation", "model": {"name": "segvit_micro", "kwargs": {}},
+              "data": {"name": "texture-scenes", "root": str(root), "batch_size": 2, "options": {"crop_size": 32,
+                                                                                                  "overlays": 0}},
+              "optim": {"lr": 1e-3}, "sched": {"max_steps": 2}, "run": {"output": str(tmp_path / "run"),
+                                                                       "progress": "log"}}
+    assert to_segmentation_config(config)["iters"] == 2
+    assert get_task("segmentation").train(config) == 0
+    assert "mIoU" in capsys.readouterr().out and (tmp_path / "run" / "model" / "config.json").is_file()
+    assert len(list((root / "images" / "training").iterdir())) == 4  # the existing set was used, not rewritten

@@ -29,7 +29,7 @@ DEFAULTS = dict(model="segvit_micro", data="texture-scenes", data_root=None, red
                 crop_size=64, scale=None, ratio_range=(0.5, 2.0), iters=2000, batch_size=8, lr=1e-3, head_lr_mult=1.0,
                 weight_decay=0.01, warmup_iters=100, grad_clip=1.0, log_interval=20, eval_interval=500, seed=0,
                 workers=0, threads=None, mode=None, stride=None, out="runs/segment", overlays=4, resume=False,
-                backbone_weights=None, model_kwargs={}, stop_after=None)
+                backbone_weights=None, model_kwargs={}, stop_after=None, epochs=None)
 
 
 def build_datasets(cfg: dict, mean, std):
@@ -37,7 +37,9 @@ def build_datasets(cfg: dict, mean, std):
     from vitlab.data.segmentation import SegAugment, SegmentationFolder
     from vitlab.data.synthetic_scenes import default_root, write_texture_scenes
     if cfg["data"] == "texture-scenes":
-        root = write_texture_scenes(cfg.get("data_root") or default_root())
+        root = Path(cfg.get("data_root") or default_root())
+        if not (root / "dataset.json").is_file():  # an existing set (any size / seed) is used as it is
+            write_texture_scenes(root)
         reduce = True if cfg.get("reduce_zero_label") is None else cfg["reduce_zero_label"]
     else:
         root, reduce = Path(cfg["data"]), bool(cfg.get("reduce_zero_label"))
@@ -127,6 +129,8 @@ def train(cfg: dict, progress: bool = True) -> dict:
     probe = vitlab.create_model(cfg["model"], **dict(cfg["model_kwargs"]), **(
         {"num_classes": cfg["num_classes"]} if cfg.get("num_classes") else {}))
     train_set, val_set = build_datasets(cfg, probe.pretrained_cfg["mean"], probe.pretrained_cfg["std"])
+    if cfg.get("epochs"):  # an epoch budget instead of an iteration count
+        cfg["iters"] = int(cfg["epochs"]) * max(1, len(train_set) // cfg["batch_size"])
     model = probe
     if model.num_classes != train_set.num_classes:
         model = vitlab.create_model(cfg["model"], num_classes=train_set.num_classes, **dict(cfg["model_kwargs"]))
