@@ -43,6 +43,7 @@ def test_onnx_export_matches_pytorch(name, onnx_exports):
     model, inputs, path = onnx_exports(name)
     assert onnx_opset(path) == 18
     result = verify_onnx(model, path, inputs, seed=1)
+    print(f"{name}: max |onnx - torch| = {result.max_abs_diff:.3g}")
     assert result.max_abs_diff_per_output, "no outputs compared"
     assert result.ok(ATOL), f"{name}: max |onnx - torch| = {result.max_abs_diff:.3g} > {ATOL}"
 
