@@ -382,7 +382,7 @@ def swin_base_w14(**kwargs):
 
 @register_model(pretrained_cfg={"crop_pct": 1.0})
 def swin_micro(**kwargs):
-    """Micro Swin for tests and CPU pretraining (0.53M params, 32 px): patch 4, window 4, dims 32/64/128."""
+    """Micro Swin for tests and CPU pretraining (0.57M params without a classifier, 32 px): patch 4, window 4, dims 32/64/128."""
     cfg = dict(img_size=32, patch_size=4, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4,
                drop_path_rate=0.0)
     return SwinTransformer(**{**cfg, "norm_layer": partial(nn.LayerNorm, eps=ESVIT_LN_EPS), **kwargs})
