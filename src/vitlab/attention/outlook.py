@@ -13,9 +13,11 @@ Two exact implementations of the same math:
   that covers it, weights over values at offsets a' - a in [-(K-1), K-1]; summing over the windows
   turns the K^4 weights of each window into per-pixel (2K-1)^2 neighbourhood weights
   (``neighbourhood_weights``, small: about the size of the generated weights), and the output is a
-  dynamic neighbourhood aggregation ``Y[y] = sum_o W[y, o] V[y + o]`` over the raw values
-  (``neighbourhood_aggregate``), with no copy of V per window slot. On CUDA, when Triton is
-  importable, a fused kernel computes the aggregation (``outlook_triton``).
+  dynamic neighbourhood aggregation ``Y[y] = sum_o W[y, o] V[y + o]`` over the raw values, with no
+  copy of V per window slot. Eager mode runs it as one autograd function (``_FoldFreeOutlook``)
+  whose backward keeps only V and the window weights; under ``torch.compile`` a compact functional
+  form (``_fold_free_functional``) is traced instead; on CUDA, when Triton is importable, fused
+  kernels compute the aggregation and its gradients (``outlook_triton``).
 """
 from __future__ import annotations
 
