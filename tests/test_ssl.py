@@ -124,3 +124,17 @@ def test_cli_knn_and_linear_probe(tmp_path, digits, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["features"].startswith("last4 (") and res["top1"] > 20.0
     assert cli_main(["knn", "-c", str(tmp_path / "missing.pth"), "--data", "digits"]) == 2
+
+
+def test_cli_small_preset_replaces_defaults_but_keeps_explicit_flags():
+    import argparse
+    from vitlab.cli import pretrain as cli
+    from vitlab.ssl.pretrain import SMALL_DATA_PRESET
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    paper = cli.config_from_args(parser.parse_args([]))
+    assert (paper.out_dim, paper.momentum_teacher, paper.global_size) == (65536, 0.996, 224)
+    small = cli.config_from_args(parser.parse_args(["--preset", "small", "--lr", "2e-3", "--out-dim", "4096"]))
+    assert (small.lr, small.out_dim) == (2e-3, 4096)                    # explicit flags win
+    for key in ("momentum_teacher", "weight_decay_end", "freeze_last_layer", "global_size", "local_scale"):
+        assert getattr(small, key) == SMALL_DATA_PRESET[key], key

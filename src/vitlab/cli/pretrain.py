@@ -18,6 +18,9 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=("paper", "small"), default="paper",
+                   help="default settings: 'paper' (EsViT/DINO, ImageNet scale) or 'small' (small low-resolution "
+                        "data sets: 32-px crops, K=1024, higher LR, faster teacher); explicit flags still win")
     p.add_argument("--model", default="swin_micro", help="backbone name (swin_tiny, swin_micro, ...)")
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides for the backbone, e.g. '{\"patch_size\": 4}'")
     p.add_argument("--data", default="animal-mnist", help="image folder (sub-folders = classes, optional) or "
@@ -65,13 +68,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from vitlab.ssl.pretrain import PretrainConfig
+    from vitlab.ssl.pretrain import PRESETS, PretrainConfig
     try:
         model_kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--model-kwargs is not valid JSON: {e}")
     names = PretrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and k not in ("model_kwargs",)}
+    preset = PRESETS[getattr(args, "preset", "paper")]
+    if preset:  # a preset replaces the parser's defaults; flags given on the command line are kept
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        defaults = vars(defaults.parse_args([]))
+        values.update({k: v for k, v in preset.items() if values.get(k) == defaults.get(k)})
     return PretrainConfig(model_kwargs=model_kwargs, **values)
 
 
