@@ -32,10 +32,10 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_micro_segvit_learns_texture_scenes(tmp_path):
-    """~300 CPU-seconds: 1000 iterations of segvit_micro reach mIoU far above chance (~0.07 for 8 classes)."""
+    """~100 CPU-seconds (one thread): 1000 iterations of segvit_micro reach mIoU far above chance (~0.07)."""
     root = write_texture_scenes(tmp_path / "scenes")
     result = train(dict(data=str(root), reduce_zero_label=True, iters=1000, warmup_iters=50, eval_interval=1000,
-                        threads=2, out=str(tmp_path / "run"), overlays=0), progress=False)
+                        threads=1, out=str(tmp_path / "run"), overlays=0), progress=False)
     assert result["mIoU"] > 0.35 and result["aAcc"] > 0.5
 
 
