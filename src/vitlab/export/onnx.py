@@ -168,7 +168,10 @@ def _failure(model, opset: int, err: BaseException, inputs: tuple | None = None)
     if ops:
         which = ", ".join(describe_operator(o) for o in ops[:3])
         hint = " (try --opset 18)" if opset < 18 else ""
-        return ExportError(f"ONNX opset {opset} cannot express {name}: operator {which} failed to export{hint}. "
+        if "Unsupported" in type(err).__name__ or "not supported" in str(err):
+            return ExportError(f"ONNX opset {opset} cannot express {name}: operator {which} failed to export{hint}. "
+                               f"Exporter said: {first_line[:400]}")
+        return ExportError(f"ONNX export of {name} at opset {opset} failed at operator {which}{hint}. "
                            f"Exporter said: {first_line[:400]}")
     return ExportError(f"ONNX export of {name} at opset {opset} failed: {type(err).__name__}: {first_line[:600]}")
 
