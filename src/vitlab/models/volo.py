@@ -242,11 +242,10 @@ class VOLO(VitlabModel):
         pos = self.pos_embed
         if tuple(x.shape[1:3]) != tuple(pos.shape[1:3]):
             if not self.dynamic_img_size:
-                built = pos.shape[1] * self.patch_size * self.pooling_scale
                 raise ValueError(f"this VOLO was built for {self.img_size}x{self.img_size} inputs (a {pos.shape[1]}x"
                                  f"{pos.shape[2]} token grid after downsampling) but got a {x.shape[1]}x{x.shape[2]} "
                                  f"grid; build it with img_size=<your size> (checkpoints are resized on load) or "
-                                 f"dynamic_img_size=True (inputs of {built}x{built} fit as built)")
+                                 f"with dynamic_img_size=True to interpolate the position embedding per input")
             pos = resize_pos_embed_nhwc(pos, tuple(x.shape[1:3]))
         return self.pos_drop(x + pos)
 
