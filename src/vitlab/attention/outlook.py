@@ -305,7 +305,8 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
         from .outlook_triton import triton_outlook_attention
         out = triton_outlook_attention(v5, attn, kernel_size, padding, stride)
     else:
-        run = _fold_free_functional if torch.compiler.is_compiling() else _FoldFreeOutlook.apply
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        run = _fold_free_functional if traced else _FoldFreeOutlook.apply
         out = run(v5, attn, kernel_size, padding, stride)
     return out.reshape(B, H, W, C)
 
