@@ -31,14 +31,10 @@ def add_arguments(p):
 def build_model(spec: str, checkpoint: str | None, img: int | None, frames: int | None):
     """Build (or load) the model, rebuilt at ``img``/``frames`` when those differ from its own size."""
     from vitlab.export import load_model
-    from vitlab.export.inputs import default_sizes
+    from vitlab.export.inputs import default_sizes, size_overrides
     model = load_model(spec, checkpoint)
     _, side, clip = default_sizes(model)
-    overrides = {}
-    if img and img != side:
-        overrides["img_size"] = img
-    if frames and clip is not None and frames != clip:
-        overrides["num_frames"] = frames
+    overrides = size_overrides(model, img, frames)
     if overrides:
         try:
             model = load_model(spec, checkpoint, **overrides)

@@ -139,7 +139,7 @@ def group_by_stage(model: nn.Module, per_module: dict[str, int], call_order: dic
 def _build(spec: str, img: int | None, frames: int | None, device: str) -> nn.Module:
     """The architecture only (weights do not change the count), on ``device`` ('meta' costs no memory)."""
     from vitlab.checkpoints.hub import read_config
-    from vitlab.export.inputs import default_sizes
+    from vitlab.export.inputs import size_overrides
     from vitlab.models.registry import create_model
     if Path(spec).is_dir():
         config = read_config(spec)
@@ -150,12 +150,7 @@ def _build(spec: str, img: int | None, frames: int | None, device: str) -> nn.Mo
         name, kwargs = spec, {}
     with torch.device(device):
         model = create_model(name, **kwargs)
-        _, side, clip = default_sizes(model)
-        overrides = {}
-        if img and img != side:
-            overrides["img_size"] = img
-        if frames and clip is not None and frames != clip:
-            overrides["num_frames"] = frames
+        overrides = size_overrides(model, img, frames)
         if overrides:
             try:
                 model = create_model(name, **kwargs, **overrides)

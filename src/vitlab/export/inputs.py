@@ -24,6 +24,17 @@ def default_sizes(model: nn.Module) -> tuple[int, int, int | None]:
     return int(getattr(model, "in_chans", 3)), int(getattr(model, "img_size", 224)), None
 
 
+def size_overrides(model: nn.Module, img: int | None, frames: int | None) -> dict:
+    """Constructor overrides (``img_size``, ``num_frames``) to rebuild ``model`` for another input size."""
+    _, side, clip = default_sizes(model)
+    overrides = {}
+    if img and img != side:
+        overrides["img_size"] = img
+    if frames and clip is not None and frames != clip:
+        overrides["num_frames"] = frames
+    return overrides
+
+
 def example_inputs(model: nn.Module, batch: int = 2, img: int | None = None, frames: int | None = None,
                    generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor]:
     """A random input batch of the size the model expects: (B, C, S, S), or (B, C, T, S, S) for video models."""
