@@ -30,8 +30,8 @@ from vitlab.layers import freeze_batch_norm
 from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
-from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, ConvStemEmbed, PatchEmbed, default_norm_layer,
-                                            init_uniformer_weights, stochastic_depth_rates)
+from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, ConvStemEmbed, PatchEmbed, check_stage_config,
+                                            default_norm_layer, init_uniformer_weights, stochastic_depth_rates)
 
 STAGE_REDUCTIONS = (4, 8, 16, 32)
 
@@ -77,14 +77,7 @@ class UniFormer(VitlabModel):
         super().__init__()
         depth = list(layers if layers is not None else depth)
         embed_dim = list(embed_dim)
-        if len(depth) != 4 or len(embed_dim) != 4:
-            raise ValueError(f"UniFormer has 4 stages: depth and embed_dim need 4 entries, got {depth}, {embed_dim}")
-        bad = [d for d in embed_dim[2:] if d % head_dim]
-        if bad:
-            raise ValueError(f"the attention stages' embed_dim must be divisible by head_dim={head_dim}; {bad} are not")
-        if representation_size:
-            raise ValueError("representation_size is not supported (the official pre-logits layer cannot be built: "
-                             "it is sized from the list embed_dim); leave it None")
+        check_stage_config(depth, embed_dim, head_dim, representation_size)
         if mix_token and not return_dense:
             raise ValueError("mix_token=True needs return_dense=True (the aux head un-mixes the tokens)")
         if dense and return_dense:

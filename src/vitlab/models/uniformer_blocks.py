@@ -175,3 +175,15 @@ def init_uniformer_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def check_stage_config(depth: list, embed_dim: list, head_dim: int, representation_size) -> None:
+    """Validate the four-stage layout shared by the image and video UniFormer constructors."""
+    if len(depth) != 4 or len(embed_dim) != 4:
+        raise ValueError(f"UniFormer has 4 stages: depth and embed_dim need 4 entries, got {depth}, {embed_dim}")
+    bad = [d for d in embed_dim[2:] if d % head_dim]
+    if bad:
+        raise ValueError(f"the attention stages' embed_dim must be divisible by head_dim={head_dim}; {bad} are not")
+    if representation_size:
+        raise ValueError("representation_size is not supported (the official pre-logits layer cannot be built: "
+                         "it is sized from the list embed_dim); leave it None")

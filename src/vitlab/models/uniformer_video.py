@@ -19,7 +19,7 @@ from vitlab.layers import DropPath, Mlp
 from vitlab.models.base import VitlabModel
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
-from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, PatchEmbed, default_norm_layer,
+from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, PatchEmbed, check_stage_config, default_norm_layer,
                                             init_uniformer_weights, stochastic_depth_rates)
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -90,14 +90,7 @@ class UniFormerVideo(VitlabModel):
                  use_checkpoint: bool = False, checkpoint_num=None, num_frames: int = 16):
         super().__init__()
         depth, embed_dim = list(depth), list(embed_dim)
-        if len(depth) != 4 or len(embed_dim) != 4:
-            raise ValueError(f"UniFormer has 4 stages: depth and embed_dim need 4 entries, got {depth}, {embed_dim}")
-        bad = [d for d in embed_dim[2:] if d % head_dim]
-        if bad:
-            raise ValueError(f"the attention stages' embed_dim must be divisible by head_dim={head_dim}; {bad} are not")
-        if representation_size:
-            raise ValueError("representation_size is not supported (the official pre-logits layer cannot be built); "
-                             "leave it None")
+        check_stage_config(depth, embed_dim, head_dim, representation_size)
         self.depth, self.embed_dim, self.in_chans = depth, embed_dim, in_chans
         self.num_classes, self.num_features, self.split = num_classes, embed_dim[-1], split
         norm_layer = default_norm_layer(norm_layer)
