@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass
 class MultiCropConfig:
@@ -36,8 +38,8 @@ class MultiCropConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)   # global 1, global 2, locals
     blur_sigma: tuple[float, float] = (0.1, 2.0)            # in pixels at 224 px; scaled with the crop size
     solarize_p: float = 0.2                                  # second global crop
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def random_resized_boxes(n: int, scale, ratio, generator: torch.Generator) -> torch.Tensor:

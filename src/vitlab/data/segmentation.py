@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {"train": "training", "val": "validation", "test": "validation"}
 
@@ -117,7 +119,7 @@ class SegmentationFolder(Dataset):
     """
 
     def __init__(self, root, split: str = "training", num_classes: int | None = None, reduce_zero_label: bool = False,
-                 augment: SegAugment | None = None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 augment: SegAugment | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  ignore_index: int = 255, class_names: list[str] | None = None, seed: int = 0):
         self.root = Path(root)
         meta_file = self.root / "dataset.json"

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
@@ -276,8 +278,8 @@ def build_eval_transform(pretrained_cfg: dict, in_chans: int | None = None, mean
     """Evaluation pipeline from a model's ``pretrained_cfg`` (input_size, crop_pct, interpolation, mean, std)."""
     size = img_size or tuple(pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
     chans = in_chans or pretrained_cfg.get("input_size", (3,))[0]
-    mean = mean if mean is not None else pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
-    std = std if std is not None else pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+    mean = mean if mean is not None else pretrained_cfg.get("mean", IMAGENET_MEAN)
+    std = std if std is not None else pretrained_cfg.get("std", IMAGENET_STD)
     return Compose([ToTensor(), ToChannels(chans),
                     ResizeCenterCrop(size, crop_pct or pretrained_cfg.get("crop_pct", 0.875),
                                      pretrained_cfg.get("interpolation", "bicubic")),

@@ -12,6 +12,7 @@ from vitlab.data.sampler import SeededSampler, ShardSampler
 from vitlab.data.transforms import build_eval_transform, build_train_transform
 
 from .distributed import DistInfo
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def probe_pretrained_cfg(name: str, kwargs: dict) -> dict:
@@ -36,7 +37,7 @@ def build_data(cfg: dict, splits=("train", "val"), pretrained_cfg: dict | None =
     input_size = tuple(pre.get("input_size", (3, 224, 224)))
     in_chans = int(kwargs.get("in_chans", input_size[0]))
     img_size = int(dcfg.get("img_size") or input_size[-1])
-    mean, std = _repeat(pre.get("mean", (0.485, 0.456, 0.406)), in_chans), _repeat(pre.get("std", (0.229, 0.224, 0.225)), in_chans)
+    mean, std = _repeat(pre.get("mean", IMAGENET_MEAN), in_chans), _repeat(pre.get("std", IMAGENET_STD), in_chans)
     train_t = build_train_transform(img_size, mean, std, in_chans, scale=acfg["scale"], ratio=acfg["ratio"],
                                     hflip=acfg["hflip"], color_jitter=acfg["color_jitter"],
                                     auto_augment=acfg["auto_augment"], reprob=acfg["reprob"], remode=acfg["remode"],

@@ -13,6 +13,7 @@ from torch import nn
 
 import vitlab
 from vitlab.checkpoints.load import read_checkpoint_object
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -37,8 +38,8 @@ def load_backbone(checkpoint: str | None, which: str = "teacher", model: str | N
     kwargs = {**args.get("model_kwargs", {}), **(model_kwargs or {})}
     size = img_size or args.get("global_size") or 224
     chans = in_chans or obj.get("in_chans") or 3
-    mean = tuple(obj.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(obj.get("std", (0.229, 0.224, 0.225)))
+    mean = tuple(obj.get("mean", IMAGENET_MEAN))
+    std = tuple(obj.get("std", IMAGENET_STD))
     torch.manual_seed(seed)
     backbone = vitlab.create_model(name, num_classes=0, img_size=size, in_chans=chans, **kwargs)
     if checkpoint:

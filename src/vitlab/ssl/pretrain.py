@@ -33,6 +33,7 @@ from vitlab.heads.dino import cancel_last_layer_gradients
 from vitlab.ssl.data import ImageSet, load_image_set
 from vitlab.ssl.esvit import (EsViTLoss, build_esvit_network, cosine_schedule, ema_update, multicrop_forward)
 from vitlab.ssl.knn import extract_features, knn_accuracy
+from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -187,7 +188,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     data = data or load_image_set(cfg.data, size=round(cfg.global_size * 1.15), held_out=cfg.held_out, seed=cfg.seed)
-    mean, std = ((0.5,), (0.5,)) if data.channels == 1 else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    mean, std = ((0.5,), (0.5,)) if data.channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     torch.manual_seed(cfg.seed)
     student, teacher = build_networks(cfg, data.channels)
     student.to(device)
