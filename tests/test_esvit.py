@@ -102,3 +102,28 @@ def test_collapse_diagnostics():
     assert uniform["teacher_entropy"] == pytest.approx(math.log(8)) and uniform["kl_to_uniform"] == pytest.approx(0)
     onehot = collapse_diagnostics(torch.eye(8)[[0, 0, 0, 0]] * 50, torch.zeros(1, 8), 0.1)
     assert onehot["teacher_entropy"] < 1e-3 and onehot["kl_to_uniform"] == pytest.approx(math.log(8), rel=1e-3)
+
+
+def test_sinkhorn_targets_are_balanced_distributions_even_for_collapsed_logits():
+    from vitlab.ssl.esvit import sinkhorn_knopp
+    torch.manual_seed(0)
+    q = sinkhorn_knopp(torch.randn(64, 8), 0.5, iterations=20)
+    torch.testing.assert_close(q.sum(1), torch.ones(64))
+    torch.testing.assert_close(q.sum(0), torch.full((8,), 8.0), rtol=1e-3, atol=1e-3)  # 64 samples / 8 outputs
+    # every sample pushed to one output (mode collapse) or all outputs equal: targets stay balanced and finite
+    collapsed = sinkhorn_knopp(torch.zeros(16, 4).index_fill_(1, torch.tensor([0]), 40.0), 0.04)
+    assert torch.isfinite(collapsed).all()
+    torch.testing.assert_close(collapsed.sum(0), torch.full((4,), 4.0))
+
+
+def test_sinkhorn_centering_in_the_loss():
+    torch.manual_seed(0)
+    b, k = 4, 6
+    student = (torch.randn(4 * b, k), None, torch.randn(4 * b, 5), [1])
+    teacher = (torch.randn(2 * b, k), None, torch.randn(2 * b, 5), [1])
+    crit = EsViTLoss(k, 4, 0.04, 0.07, 0, 4, region_weight=0.0, centering="sinkhorn")
+    targets = crit.teacher_targets(teacher[0], crit.center, 0.07)
+    torch.testing.assert_close(targets.sum(1), torch.ones(2 * b))
+    assert crit(student, teacher, 0).isfinite()
+    with pytest.raises(ValueError, match="centering must be"):
+        EsViTLoss(k, 4, 0.04, 0.07, 0, 4, centering="mean")

@@ -96,6 +96,17 @@ def test_view_only_loss_has_no_dense_head(tmp_path, digits):
     assert not any(k.startswith("head_dense") for k in ckpt["teacher"]) and "region" not in metrics
 
 
+def test_sinkhorn_centering_and_batchnorm_heads_train(tmp_path, digits):
+    cfg = PretrainConfig(**{**TINY, "output": str(tmp_path / "sk"), "epochs": 1, "centering": "sinkhorn",
+                            "use_bn_in_head": True})
+    metrics = pretrain(cfg, data=digits)
+    ckpt = torch.load(tmp_path / "sk" / "checkpoint.pth", weights_only=True)
+    assert ckpt["args"]["centering"] == "sinkhorn" and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert any(k.startswith("head.mlp.") and k.endswith("running_var") for k in ckpt["teacher"])
+    with pytest.raises(ValueError, match="centering must be"):
+        pretrain(PretrainConfig(**{**TINY, "output": str(tmp_path / "bad"), "centering": "median"}), data=digits)
+
+
 def test_nonfinite_autocast_step_falls_back_to_fp32(tmp_path, digits, monkeypatch, capsys):
     original = EsViTLoss.forward
 

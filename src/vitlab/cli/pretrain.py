@@ -39,10 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-hidden-dim", type=int, default=2048)
     p.add_argument("--head-bottleneck-dim", type=int, default=256)
     p.add_argument("--no-norm-last-layer", dest="norm_last_layer", action="store_false")
+    p.add_argument("--use-bn-in-head", action="store_true", help="BatchNorm in the heads' MLP (DINO's option)")
     p.add_argument("--warmup-teacher-temp", type=float, default=0.04)
     p.add_argument("--teacher-temp", type=float, default=0.07)
     p.add_argument("--warmup-teacher-temp-epochs", type=int, default=0)
     p.add_argument("--student-temp", type=float, default=0.1)
+    p.add_argument("--centering", choices=("ema", "sinkhorn"), default="ema",
+                   help="teacher targets: 'ema' centring + sharpening (DINO / EsViT) or 'sinkhorn' (SwAV / DINOv2)")
     p.add_argument("--freeze-last-layer", type=int, default=1, help="epochs with the heads' last layer frozen")
     p.add_argument("--clip-grad", type=float, default=3.0, help="per-parameter gradient-norm clip (0 = off)")
     p.add_argument("--loss", choices=("view", "view+region"), default="view+region")

@@ -8,7 +8,9 @@
   :func:`region_loss` (L_R: each student token is matched to the teacher token of the other view
   with the highest cosine similarity of *backbone* features; Eq. 3 of the paper).
 * :class:`EsViTLoss`: both with teacher centring and sharpening, centres updated by EMA and
-  all-reduced across processes when a process group exists (the official ``DDINOLoss``).
+  all-reduced across processes when a process group exists (the official ``DDINOLoss``); or, as an
+  option, teacher targets from :func:`sinkhorn_knopp` (SwAV / DINOv2 centring), which balances the
+  batch over the K outputs and so rules out both collapse modes in short runs on small data.
 * Schedules: :func:`cosine_schedule` (per-iteration LR, weight decay, teacher momentum) and
   :func:`teacher_temperature_schedule`; :func:`ema_update` for the teacher.
 """
@@ -142,6 +144,33 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         tb.copy_(sb)
 
 
+def _all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
+    """In-place all-reduce (sum by default) when a process group exists; identity otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets with equal total mass on every output (Caron et al. 2020, SwAV, Sec. 3.1; DINOv2 Sec. 4).
+
+    Starts from exp(logits / T) and alternately normalises the K columns (every output gets 1/K of the
+    batch) and the rows (every sample is a distribution), ``iterations`` times; sums run over all
+    processes when a process group exists. (N, K) logits -> (N, K) rows that sum to 1.
+    """
+    q = logits.float() / temperature
+    top = _all_reduce(q.max().reshape(1), dist.ReduceOp.MAX if dist.is_available() else None)
+    q = torch.exp((q - top).clamp_min(-80.0)).t()                         # (K, N) in [e^-80, 1]: no empty row
+    k = q.shape[0]
+    n = float(_all_reduce(torch.tensor([float(q.shape[1])], device=q.device)))
+    q /= _all_reduce(q.sum().reshape(1))
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)) * k                  # each output: 1/K of the mass
+        q /= q.sum(dim=0, keepdim=True) * n                               # each sample: 1/N of the mass
+    return (q * n).t()
+
+
 def _all_reduce_mean_rows(x: torch.Tensor) -> torch.Tensor:
     """Mean over rows, and over processes when a process group is initialised."""
     total = x.sum(dim=0, keepdim=True)
@@ -160,13 +189,18 @@ class EsViTLoss(nn.Module):
     ``forward(student_out, teacher_out, epoch)`` takes the 4-tuples of :func:`multicrop_forward`
     (the teacher sees the first ``n_global`` crops only) and updates the centres once. The parts of
     the last call are in ``self.last`` (``view``, ``region``, teacher entropy, KL to uniform).
+    ``centering="sinkhorn"`` replaces ``softmax((t - centre) / T)`` by :func:`sinkhorn_knopp` for both
+    the view and the region targets (the centres are still tracked, so checkpoints keep their layout).
     """
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
                  center_momentum: float = 0.9, n_global: int = 2, view_weight: float = 0.5,
-                 region_weight: float = 0.5):
+                 region_weight: float = 0.5, centering: str = "ema"):
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be 'ema' (DINO / EsViT) or 'sinkhorn' (SwAV / DINOv2), got {centering!r}")
+        self.centering = centering
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.ncrops, self.n_global = ncrops, n_global
         self.view_weight, self.region_weight = view_weight, region_weight
@@ -191,7 +225,7 @@ class EsViTLoss(nn.Module):
         if len(s_cls) % self.ncrops:
             raise ValueError(f"student view logits have {len(s_cls)} rows, not a multiple of ncrops={self.ncrops}")
         temp = self.teacher_temperature(epoch)
-        t_probs = F.softmax((t_cls - self.center) / temp, dim=-1).detach().chunk(self.n_global)
+        t_probs = self.teacher_targets(t_cls, self.center, temp).chunk(self.n_global)
         s_logp = F.log_softmax(s_cls / self.student_temp, dim=-1).chunk(self.ncrops)
         loss_v = view_loss(list(t_probs), list(s_logp))
         loss = self.view_weight * loss_v
@@ -200,7 +234,7 @@ class EsViTLoss(nn.Module):
         if use_region:
             batch = len(s_cls) // self.ncrops
             n_t = t_npatch[0]
-            t_rprob = F.softmax((t_region - self.center_grid) / temp, dim=-1).detach()
+            t_rprob = self.teacher_targets(t_region, self.center_grid, temp)
             t_rprob = [t.view(batch, n_t, -1) for t in t_rprob.chunk(self.n_global)]
             t_rfeat = [t.view(batch, n_t, -1) for t in t_feat.detach().chunk(self.n_global)]
             s_rlogp = self._split_student(F.log_softmax(s_region / self.student_temp, dim=-1), s_npatch, batch)
@@ -212,6 +246,13 @@ class EsViTLoss(nn.Module):
         self.last = parts
         self.update_center(t_cls.detach(), t_region.detach() if use_region else None)
         return loss
+
+    @torch.no_grad()
+    def teacher_targets(self, logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+        """Teacher distributions: centred and sharpened (DINO) or Sinkhorn-Knopp balanced."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(logits, temp)
+        return F.softmax((logits - center) / temp, dim=-1)
 
     @torch.no_grad()
     def update_center(self, teacher_cls: torch.Tensor, teacher_region: torch.Tensor | None) -> None:

@@ -54,11 +54,13 @@ class PretrainConfig:
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     norm_last_layer: bool = True
+    use_bn_in_head: bool = False         # BatchNorm in the heads' MLP (DINO's use_bn_in_head)
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.07
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    centering: str = "ema"               # ema (DINO / EsViT) | sinkhorn (SwAV / DINOv2 teacher targets)
     freeze_last_layer: int = 1
     clip_grad: float = 3.0
     loss: str = "view+region"            # or "view"
@@ -130,7 +132,7 @@ def build_networks(cfg: PretrainConfig, in_chans: int):
     kwargs = {**cfg.model_kwargs, "num_classes": 0, "in_chans": in_chans, "img_size": cfg.global_size}
     dense = cfg.loss == "view+region"
     heads = dict(out_dim=cfg.out_dim, hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
-                 dense_head=dense)
+                 use_bn=cfg.use_bn_in_head, dense_head=dense)
     student = build_esvit_network(vitlab.create_model(cfg.model, drop_path_rate=cfg.drop_path_rate, **kwargs),
                                   norm_last_layer=cfg.norm_last_layer, **heads)
     teacher = build_esvit_network(vitlab.create_model(cfg.model, drop_path_rate=0.0, **kwargs),
@@ -183,6 +185,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
     """Run (or resume) pretraining; returns the last epoch's metrics."""
     if cfg.loss not in ("view", "view+region"):
         raise ValueError(f"loss must be 'view' or 'view+region', got {cfg.loss!r}")
+    if cfg.centering not in ("ema", "sinkhorn"):
+        raise ValueError(f"centering must be 'ema' (DINO / EsViT) or 'sinkhorn' (SwAV / DINOv2), got {cfg.centering!r}")
     rank, world, device = init_distributed(cfg.device)
     out = Path(cfg.output)
     if rank == 0:
@@ -192,7 +196,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
     torch.manual_seed(cfg.seed)
     student, teacher = build_networks(cfg, data.channels)
     student.to(device)
-    teacher.to(device).eval()
+    teacher.to(device).train()  # as in DINO: BatchNorm in a head (use_bn_in_head) uses batch statistics
     wrapped = MultiCropWrapper(student)
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda"
@@ -203,7 +207,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
     ncrops = 2 + cfg.n_local
     criterion = EsViTLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                           cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp, cfg.center_momentum,
-                          region_weight=0.5 if cfg.loss == "view+region" else 0.0).to(device)
+                          region_weight=0.5 if cfg.loss == "view+region" else 0.0,
+                          centering=cfg.centering).to(device)
     if cfg.loss == "view":
         criterion.view_weight = 1.0  # DINO: the view loss alone, at full weight
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0)
