@@ -5,7 +5,7 @@
 
 For every model: images/s for inference (eval, no grad) and for a training step (forward, cross-
 entropy, backward, SGD step), and the peak memory of each, for vitlab and for the reference path of
-``reference_paths.py`` (same weights; the outputs are checked to agree). Runs alternate between the
+``vitlab.bench.reference`` (same weights; the outputs are checked to agree). Runs alternate between the
 two paths so that load on a shared machine hits both alike; the median is reported. timm's
 ``volo_d1`` / ``swin_tiny`` are added when timm imports.
 
@@ -20,19 +20,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_paths import reference_paths  # noqa: E402
-
-import vitlab  # noqa: E402
-from vitlab.attention.outlook import OutlookAttention, outlook_attention  # noqa: E402
+import vitlab
+from vitlab.attention.outlook import OutlookAttention, outlook_attention
+from vitlab.bench.reference import reference_paths
+from vitlab.bench.throughput import time_interleaved
 
 DEFAULT_MODELS = ["volo_d1", "swin_tiny", "pale_tiny", "uniformer_small", "vit_base_patch16"]
 
@@ -56,11 +52,6 @@ def peak_bytes(fn, device: torch.device) -> int:
         live += e.nbytes()
         peak = max(peak, live)
     return peak
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _logits(out):
@@ -102,22 +93,6 @@ def _nullctx(model):
     return contextlib.nullcontext(model)
 
 
-def time_alternating(fns: dict, iters: int, warmup: int, device) -> dict:
-    """Median seconds per call of each fn, calls interleaved round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_model(name: str, args, device, dtype) -> list[dict]:
     torch.manual_seed(0)
     try:
@@ -145,7 +120,7 @@ def bench_model(name: str, args, device, dtype) -> list[dict]:
     rows = []
     for mode in ("infer", "train"):
         fns = {k: (r.infer if mode == "infer" else r.train_step) for k, r in runners.items()}
-        sec = time_alternating(fns, args.iters, args.warmup, device)
+        sec = time_interleaved(fns, args.iters, args.warmup, device)
         mem = {k: peak_bytes(fn, device) for k, fn in fns.items()} if args.memory else {}
         for k in fns:
             rows.append(dict(model=name, mode=mode, path=k, ips=args.batch / sec[k],
@@ -181,7 +156,7 @@ def bench_outlook_kernel(args, device) -> list[dict]:
     rows = []
     for label, make in (("outlook op", op), ("OutlookAttention module", mod)):
         fns = {i: make(i) for i in impls}
-        sec = time_alternating(fns, args.kernel_iters, 1, device)
+        sec = time_interleaved(fns, args.kernel_iters, 1, device)
         mem = {i: peak_bytes(fn, device) for i, fn in fns.items()}
         for i in impls:
             rows.append(dict(model=f"{label} 56x56x192 b{B}", mode="fwd+bwd", path=i, ips=B / sec[i],

@@ -77,3 +77,23 @@ def test_cli_bench_json(capsys):
     assert result["params_m"] == pytest.approx(0.39, abs=0.01)
     assert result["gmacs"] > 0 and result["infer_img_s"] > 0 and result["train_img_s"] > 0
     assert result["infer_peak_mb"] > 0 and result["input_shape"] == [3, 64, 64]
+
+
+@pytest.mark.parametrize("name", ["volo_micro", "pale_micro"])
+def test_cli_bench_reference_side_by_side(name, capsys):
+    from vitlab.cli.main import main
+    assert main(["bench", "--model", name, "--batch", "2", "--train", "--iters", "1", "--warmup", "0",
+                 "--no-flops", "--reference", "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)["reference"]
+    assert ref["max_abs_diff"] < 1e-4  # the reference path computes the same function
+    assert ref["infer_img_s"] > 0 and ref["infer_speedup"] > 0 and ref["train_speedup"] > 0
+    # the patched attention functions are restored afterwards
+    import vitlab.attention.pale as pale
+    assert pale.pale_attention.__module__ == "vitlab.attention.pale"
+
+
+def test_cli_bench_reference_refuses_compile(capsys):
+    from vitlab.cli.main import main
+    assert main(["bench", "--model", "volo_micro", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-flops",
+                 "--compile", "--reference"]) != 0
+    assert "leave out --compile" in capsys.readouterr().err

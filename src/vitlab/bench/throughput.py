@@ -101,6 +101,23 @@ def time_iterations(step, device: torch.device, warmup: int, iters: int) -> list
     return times
 
 
+def time_interleaved(steps: dict, device: torch.device, warmup: int, iters: int) -> dict[str, float]:
+    """Median seconds per call of each step, the calls interleaved round-robin so that a change in machine
+    load hits every step alike (side-by-side comparisons)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {k: [] for k in steps}
+    for _ in range(iters):
+        for k, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def benchmark_model(model: nn.Module, example: torch.Tensor, name: str = "", train: bool = False,
                     warmup: int = 2, iters: int = 5, amp_dtype: torch.dtype | None = None,
                     count_flops: bool = True) -> BenchResult:

@@ -23,6 +23,9 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--no-flops", action="store_true", help="skip the multiply-add count")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the published code's computation on the same weights (unfold/fold outlook, "
+                        "explicit-softmax attention, per-pale loop) and print vitlab / reference speed ratios")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -74,6 +77,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available")
+    if args.reference and args.compile:
+        raise ValueError("--reference compares the eager paths; leave out --compile")
     device = torch.device(args.device)
     model = build_for_bench(args.model, args.img).to(device)
     x = example_input(model, args.batch, args.img, args.frames).to(device)
@@ -89,5 +94,23 @@ def run(args) -> int:
     if not args.no_flops:
         from vitlab.bench.flops import count_macs
         result.gmacs = round(count_macs(flops_model, x[:1])[0] / 1e9, 3)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else format_result(result))
+    out = result.as_dict()
+    text = format_result(result)
+    if args.reference:
+        from vitlab.bench.reference import compare_with_reference
+        comparison = compare_with_reference(flops_model, x, args.train, max(args.warmup, 1), args.iters, amp)
+        out["reference"] = comparison
+        text += "\n" + format_comparison(comparison)
+    print(json.dumps(out, indent=2) if args.json else text)
     return 0
+
+
+def format_comparison(c: dict) -> str:
+    lines = [f"vs reference   inference {c['vitlab_infer_img_s']:,.2f} vs {c['infer_img_s']:,.2f} img/s "
+             f"(x{c['infer_speedup']:.2f})"]
+    if "train_img_s" in c:
+        lines.append(f"vs reference   train step {c['vitlab_train_img_s']:,.2f} vs {c['train_img_s']:,.2f} img/s "
+                     f"(x{c['train_speedup']:.2f})")
+    lines.append(f"note           reference = the published code's computation on the same weights, timed interleaved "
+                 f"with vitlab's; outputs agree to {c['max_abs_diff']:.1e}")
+    return "\n".join(lines)

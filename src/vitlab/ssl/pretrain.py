@@ -14,7 +14,6 @@ so ``resume`` continues bit-exactly from the last finished epoch.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os

@@ -1,4 +1,5 @@
-"""Faithful reference computations of the published code, swapped into vitlab models for benchmarks.
+"""Faithful reference computations of the published code, swapped into vitlab models for benchmarks
+(``benchmarks/compare.py``, ``vitlab bench --reference``).
 
 Each reference computes the same function as vitlab's fused path (the benchmark checks the outputs
 agree) but the way the official implementations do it:
@@ -95,3 +96,51 @@ def reference_paths(model: torch.nn.Module):
             setattr(mod, name, fn)
         for m, impl in zip(outlook, old_impl):
             m.implementation = impl
+
+
+def compare_with_reference(model: torch.nn.Module, example: torch.Tensor, train: bool = False, warmup: int = 2,
+                           iters: int = 5, amp_dtype: torch.dtype | None = None) -> dict:
+    """vitlab's path against :func:`reference_paths` on the same model and weights, timed interleaved.
+
+    Returns images/s of both, their ratio (``*_speedup`` > 1: vitlab is faster) and the largest output
+    difference between the two paths (they compute the same function)."""
+    from vitlab.bench.throughput import _scalar_loss, time_interleaved
+    device, batch = example.device, example.shape[0]
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+    def first(out):
+        return (out[0] if isinstance(out, (tuple, list)) else out).float()
+
+    def with_path(fn, reference):
+        def run():
+            with reference_paths(model) if reference else contextlib.nullcontext():
+                return fn()
+        return run
+
+    def infer():
+        with torch.inference_mode(), autocast():
+            return model(example)
+
+    model.eval()
+    ours, ref = with_path(infer, False)(), with_path(infer, True)()
+    result = {"max_abs_diff": float((first(ours) - first(ref)).abs().max())}
+    sec = time_interleaved({"vitlab": with_path(infer, False), "reference": with_path(infer, True)},
+                           device, warmup, iters)
+    result.update(vitlab_infer_img_s=batch / sec["vitlab"], infer_img_s=batch / sec["reference"],
+                  infer_speedup=sec["reference"] / sec["vitlab"])
+    if train:
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+        def step():
+            with autocast():
+                loss = _scalar_loss(model(example))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sec = time_interleaved({"vitlab": with_path(step, False), "reference": with_path(step, True)},
+                               device, warmup, iters)
+        result.update(vitlab_train_img_s=batch / sec["vitlab"], train_img_s=batch / sec["reference"],
+                      train_speedup=sec["reference"] / sec["vitlab"])
+        model.eval()
+    return {k: round(v, 3) if k != "max_abs_diff" else v for k, v in result.items()}
