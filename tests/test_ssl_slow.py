@@ -49,15 +49,39 @@ def test_animal_mnist_small_preset_does_not_fall_below_random_init(tmp_path):
     a uniform output once its momentum nears 1 (entropy 4.98 -> 6.86 of 6.93). The test fails on a
     regression below random init; it does not claim that the features are learned.
     """
-    from vitlab.ssl.evaluation import load_backbone
-    from vitlab.ssl.data import load_image_set
-    from vitlab.ssl.knn import extract_features, knn_accuracy
     torch.set_num_threads(2)
     metrics = pretrain(PretrainConfig(**{**EXPERIMENT, "output": str(tmp_path / "run")}))
+    random_init = random_init_knn_top1()
+    assert metrics["teacher_entropy"] < metrics["teacher_entropy_max"]  # collapse diagnostics are recorded
+    assert metrics["knn_top1"] > random_init - 1.0, (metrics["knn_top1"], random_init)
+
+
+def random_init_knn_top1() -> float:
+    """k-NN top-1 of ``swin_micro`` at its seeded random initialisation (77.20% here)."""
+    from vitlab.ssl.data import load_image_set
+    from vitlab.ssl.evaluation import load_backbone
+    from vitlab.ssl.knn import extract_features, knn_accuracy
     data = load_image_set("animal-mnist")
     rnd = load_backbone(None, model="swin_micro", img_size=32, in_chans=1)
     feats = [extract_features(rnd.backbone, data.images[i], 32, (0.5,), (0.5,))
              for i in (data.train_idx, data.held_out_idx)]
-    random_init = knn_accuracy(feats[0], data.labels[data.train_idx], feats[1], data.labels[data.held_out_idx])
-    assert metrics["teacher_entropy"] < metrics["teacher_entropy_max"]  # collapse diagnostics are recorded
-    assert metrics["knn_top1"] > random_init["top1"] - 1.0, (metrics["knn_top1"], random_init["top1"])
+    return knn_accuracy(feats[0], data.labels[data.train_idx], feats[1], data.labels[data.held_out_idx])["top1"]
+
+
+NO_LOCAL_CROPS = dict(SMALL_DATA_PRESET, model="swin_micro", data="animal-mnist", loss="view", n_local=0,
+                      momentum_teacher=0.99, epochs=40, knn_every=40, figures=False)
+
+
+@pytest.mark.slow
+def test_animal_mnist_without_local_crops_learns_features_above_random_init(tmp_path):
+    """The README's best run: view loss, no local crops, 5,000 steps (about 22 CPU-minutes at one thread).
+
+    Measured: k-NN 81.55% against 77.20% at random init, so +4.35. Raw pixels reach 83.50%, and these
+    features do not beat them yet. The test asserts the learning (at least +2 points) and the absence
+    of collapse (teacher entropy well below ln K).
+    """
+    torch.set_num_threads(1)
+    metrics = pretrain(PretrainConfig(**{**NO_LOCAL_CROPS, "output": str(tmp_path / "run")}))
+    assert metrics["teacher_entropy"] < 0.5 * metrics["teacher_entropy_max"]
+    random_init = random_init_knn_top1()
+    assert metrics["knn_top1"] > random_init + 2.0, (metrics["knn_top1"], random_init)
