@@ -10,7 +10,7 @@
 * :class:`EsViTLoss`: both with teacher centring and sharpening, centres updated by EMA and
   all-reduced across processes when a process group exists (the official ``DDINOLoss``); or, as an
   option, teacher targets from :func:`sinkhorn_knopp` (SwAV / DINOv2 centring), which balances the
-  batch over the K outputs and so rules out both collapse modes in short runs on small data.
+  batch over the K outputs and so rules out a collapse onto a few outputs (not a uniform one).
 * Schedules: :func:`cosine_schedule` (per-iteration LR, weight decay, teacher momentum) and
   :func:`teacher_temperature_schedule`; :func:`ema_update` for the teacher.
 """
