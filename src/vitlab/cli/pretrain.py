@@ -20,7 +20,8 @@ def _pair(text: str) -> tuple[float, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("paper", "small"), default="paper",
                    help="default settings: 'paper' (EsViT/DINO, ImageNet scale) or 'small' (small low-resolution "
-                        "data sets: 32-px crops, K=1024, higher LR, faster teacher); explicit flags still win")
+                        "data sets: 32-px global crops, no local crops, K=1024, higher LR, faster teacher); "
+                        "explicit flags still win")
     p.add_argument("--model", default="swin_micro", help="backbone name (swin_tiny, swin_micro, ...)")
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides for the backbone, e.g. '{\"patch_size\": 4}'")
     p.add_argument("--data", default="animal-mnist", help="image folder (sub-folders = classes, optional) or "

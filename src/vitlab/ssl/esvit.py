@@ -199,7 +199,8 @@ class EsViTLoss(nn.Module):
                  region_weight: float = 0.5, centering: str = "ema"):
         super().__init__()
         if centering not in ("ema", "sinkhorn"):
-            raise ValueError(f"centering must be 'ema' (DINO / EsViT) or 'sinkhorn' (SwAV / DINOv2), got {centering!r}")
+            raise ValueError(f"centering must be 'ema' (DINO / EsViT) or 'sinkhorn' (SwAV / DINOv2), "
+                             f"got {centering!r}")
         self.centering = centering
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.ncrops, self.n_global = ncrops, n_global
