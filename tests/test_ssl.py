@@ -107,6 +107,14 @@ def test_sinkhorn_centering_and_batchnorm_heads_train(tmp_path, digits):
         pretrain(PretrainConfig(**{**TINY, "output": str(tmp_path / "bad"), "centering": "median"}), data=digits)
 
 
+def test_teacher_momentum_schedule_end_value(tmp_path, digits):
+    from vitlab.ssl.esvit import cosine_schedule
+    cfg = PretrainConfig(**{**TINY, "output": str(tmp_path / "m"), "epochs": 1, "max_iters_per_epoch": 4,
+                            "momentum_teacher": 0.9, "momentum_teacher_end": 0.95})
+    last = cosine_schedule(0.9, 0.95, 1, 4)[-1]        # 0.943; ending at 1 would give 0.985
+    assert pretrain(cfg, data=digits)["momentum"] == pytest.approx(last, abs=1e-6)
+
+
 def test_nonfinite_autocast_step_falls_back_to_fp32(tmp_path, digits, monkeypatch, capsys):
     original = EsViTLoss.forward
 

@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.04)
     p.add_argument("--weight-decay-end", type=float, default=0.4)
     p.add_argument("--momentum-teacher", type=float, default=0.996)
+    p.add_argument("--momentum-teacher-end", type=float, default=1.0,
+                   help="final teacher momentum of the cosine schedule (1 in the paper)")
     p.add_argument("--out-dim", type=int, default=65536, help="DINO head output dimension K")
     p.add_argument("--head-hidden-dim", type=int, default=2048)
     p.add_argument("--head-bottleneck-dim", type=int, default=256)

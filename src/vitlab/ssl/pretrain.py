@@ -49,6 +49,7 @@ class PretrainConfig:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0    # the cosine schedule's end value (DINO / EsViT: 1)
     out_dim: int = 65536
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
@@ -228,7 +229,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, data: ImageSet | None = 
     lr_sched = cosine_schedule(cfg.lr * cfg.batch_size * world / 256.0, cfg.min_lr, cfg.epochs, ipe,
                                cfg.warmup_epochs)
     wd_sched = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, ipe)
-    mom_sched = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, ipe)
+    mom_sched = cosine_schedule(cfg.momentum_teacher, cfg.momentum_teacher_end, cfg.epochs, ipe)
 
     start_epoch, amp_off = 0, False
     ckpt_path = out / "checkpoint.pth"
