@@ -48,20 +48,27 @@ def random_init_knn_top1() -> float:
     return knn_accuracy(feats[0], data.labels[data.train_idx], feats[1], data.labels[data.held_out_idx])["top1"]
 
 
-EXPERIMENT = dict(SMALL_DATA_PRESET, model="swin_micro", data="animal-mnist", loss="view", epochs=40, knn_every=40,
+EXPERIMENT = dict(SMALL_DATA_PRESET, model="swin_micro", data="animal-mnist", loss="view", epochs=80, knn_every=80,
                   figures=False)
 
 
 @pytest.mark.slow
-def test_animal_mnist_small_preset_learns_features_above_random_init(tmp_path):
-    """The README's run: ``--preset small`` (no local crops), view loss, 5,000 steps (~22 CPU-minutes, one thread).
+def test_animal_mnist_small_preset_learns_features_that_beat_raw_pixels(tmp_path):
+    """The README's run: ``--preset small`` (no local crops), view loss, 80 epochs = 10,000 steps
+    (about 27 minutes with 2 threads on an idle 2-core machine).
 
-    Measured: k-NN 81.55% against 77.20% at random init, so +4.35. Raw pixels reach 83.50%, and these
-    features do not beat them yet. The test asserts the learning (at least +2 points) and the absence
-    of collapse (teacher entropy well below ln K).
+    Measured: k-NN 89.45% against 83.50% on raw pixels and 77.20% at random init. The test asserts
+    learned features (at least 3 points above the raw pixels, which are above random init) and the
+    absence of collapse (teacher entropy well below ln K).
     """
-    torch.set_num_threads(1)
+    from vitlab.ssl.data import load_image_set
+    from vitlab.ssl.knn import knn_accuracy, raw_pixel_features
+    torch.set_num_threads(2)
     metrics = pretrain(PretrainConfig(**{**EXPERIMENT, "output": str(tmp_path / "run")}))
     assert metrics["teacher_entropy"] < 0.5 * metrics["teacher_entropy_max"]
-    random_init = random_init_knn_top1()
-    assert metrics["knn_top1"] > random_init + 2.0, (metrics["knn_top1"], random_init)
+    data = load_image_set("animal-mnist")
+    bank, queries = data.images[data.train_idx], data.images[data.held_out_idx]
+    pixels = knn_accuracy(raw_pixel_features(bank, 32), data.labels[data.train_idx],
+                          raw_pixel_features(queries, 32), data.labels[data.held_out_idx])["top1"]
+    assert pixels > random_init_knn_top1()
+    assert metrics["knn_top1"] > pixels + 3.0, (metrics["knn_top1"], pixels)
