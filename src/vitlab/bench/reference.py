@@ -104,9 +104,9 @@ def compare_with_reference(model: torch.nn.Module, example: torch.Tensor, train:
 
     Returns images/s of both, their ratio (``*_speedup`` > 1: vitlab is faster) and the largest output
     difference between the two paths (they compute the same function)."""
-    from vitlab.bench.throughput import _scalar_loss, time_interleaved
+    from vitlab.bench.throughput import autocast_factory, inference_step, time_interleaved, training_step
     device, batch = example.device, example.shape[0]
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    autocast = autocast_factory(device, amp_dtype)
 
     def first(out):
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
@@ -117,10 +117,7 @@ def compare_with_reference(model: torch.nn.Module, example: torch.Tensor, train:
                 return fn()
         return run
 
-    def infer():
-        with torch.inference_mode(), autocast():
-            return model(example)
-
+    infer = inference_step(model, example, autocast)
     model.eval()
     ours, ref = with_path(infer, False)(), with_path(infer, True)()
     result = {"max_abs_diff": float((first(ours) - first(ref)).abs().max())}
@@ -129,15 +126,7 @@ def compare_with_reference(model: torch.nn.Module, example: torch.Tensor, train:
     result.update(vitlab_infer_img_s=batch / sec["vitlab"], infer_img_s=batch / sec["reference"],
                   infer_speedup=sec["reference"] / sec["vitlab"])
     if train:
-        model.train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-        def step():
-            with autocast():
-                loss = _scalar_loss(model(example))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = training_step(model, example, autocast)
         sec = time_interleaved({"vitlab": with_path(step, False), "reference": with_path(step, True)},
                                device, warmup, iters)
         result.update(vitlab_train_img_s=batch / sec["vitlab"], train_img_s=batch / sec["reference"],

@@ -101,6 +101,33 @@ def time_iterations(step, device: torch.device, warmup: int, iters: int) -> list
     return times
 
 
+def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
+    """A no-argument callable returning the autocast context for ``amp_dtype`` (or a null context)."""
+    return (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+
+def inference_step(model: nn.Module, example: torch.Tensor, autocast):
+    """One forward pass without autograd, as a closure."""
+    def infer():
+        with torch.inference_mode(), autocast():
+            return model(example)
+    return infer
+
+
+def training_step(model: nn.Module, example: torch.Tensor, autocast):
+    """Forward, a scalar loss, backward and an SGD update (tiny LR), as a closure; puts ``model`` in train mode."""
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step():
+        with autocast():
+            loss = _scalar_loss(model(example))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 def time_interleaved(steps: dict, device: torch.device, warmup: int, iters: int) -> dict[str, float]:
     """Median seconds per call of each step, the calls interleaved round-robin so that a change in machine
     load hits every step alike (side-by-side comparisons)."""
@@ -132,30 +159,16 @@ def benchmark_model(model: nn.Module, example: torch.Tensor, name: str = "", tra
         from .flops import count_macs
         macs, _ = count_macs(model, example[:1])
         result.gmacs = round(macs / 1e9, 3)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-
+    autocast = autocast_factory(device, amp_dtype)
     model.eval()
-
-    def infer():
-        with torch.inference_mode(), autocast():
-            model(example)
-
+    infer = inference_step(model, example, autocast)
     with PeakMemory(device) as mem:
         times = time_iterations(infer, device, warmup, iters)
     result.infer_img_s = round(batch / statistics.median(times), 2)
     result.infer_peak_mb = None if mem.peak_mb is None else round(mem.peak_mb, 1)
 
     if train:
-        model.train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-        def step():
-            with autocast():
-                loss = _scalar_loss(model(example))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        step = training_step(model, example, autocast)
         with PeakMemory(device) as mem:
             times = time_iterations(step, device, warmup, iters)
         result.train_img_s = round(batch / statistics.median(times), 2)
