@@ -173,12 +173,8 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
 
 def _all_reduce_mean_rows(x: torch.Tensor) -> torch.Tensor:
     """Mean over rows, and over processes when a process group is initialised."""
-    total = x.sum(dim=0, keepdim=True)
-    world = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-        world = dist.get_world_size()
-    return total / (len(x) * world)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return _all_reduce(x.sum(dim=0, keepdim=True)) / (len(x) * world)
 
 
 # --- the loss module ----------------------------------------------------------------------------
