@@ -85,10 +85,24 @@ def _version() -> str:
     return __version__
 
 
+RUN_MODEL_DIR = "model"   # where a training run keeps its model folder
+
+
+def model_folder(directory: str | os.PathLike) -> Path:
+    """The model folder of ``directory``: itself (``config.json`` + weights) or a run folder's ``model/``."""
+    path = Path(directory)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / RUN_MODEL_DIR / CONFIG_NAME).is_file():
+        return path / RUN_MODEL_DIR
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a vitlab model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a "
+                                f"run folder with a finished {RUN_MODEL_DIR}/ (a run writes it when it ends)")
+    raise FileNotFoundError(f"model folder {path} does not exist")
+
+
 def read_config(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a vitlab model folder: {CONFIG_NAME} is missing")
+    path = model_folder(directory) / CONFIG_NAME
     config = json.loads(path.read_text())
     if "architecture" not in config:
         raise ValueError(f"{path} has no 'architecture' field; is it a vitlab model folder?")
@@ -98,10 +112,12 @@ def read_config(directory: str | os.PathLike) -> dict:
 def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
     """Rebuild a model saved with ``save_pretrained`` and load its weights (strict); returned in eval mode.
 
-    ``overrides`` go to ``create_model`` (e.g. ``img_size=384``: position tables are resized on load).
+    ``directory`` is a model folder or a training run folder (its ``model/``). ``overrides`` go to
+    ``create_model`` (e.g. ``img_size=384``: position tables are resized on load).
     """
     from vitlab.models.registry import create_model
     from .load import load_checkpoint, read_state_dict
+    directory = model_folder(directory)
     config = read_config(directory)
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise ValueError(f"{directory} was written by a newer vitlab (folder format {config['format_version']}, "
@@ -125,4 +141,18 @@ def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
         model.pretrained_cfg = {**model.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in pre.items()}}
     model.label_names = config.get("label_names")
+    return model.eval()
+
+
+def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None, **overrides) -> nn.Module:
+    """A model from a registered name, a model folder or a run folder, in eval mode.
+
+    ``checkpoint`` loads other weights on top (strict). ``overrides`` go to ``create_model``.
+    """
+    from vitlab.models.registry import create_model
+    from .load import load_checkpoint
+    path = Path(spec)
+    model = from_pretrained(path, **overrides) if path.is_dir() else create_model(str(spec), **overrides)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, strict=True)
     return model.eval()

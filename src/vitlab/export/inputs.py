@@ -1,8 +1,5 @@
-"""What to feed a model when exporting or counting: the model (by name or saved folder) and example inputs."""
+"""What to feed a model when exporting or counting: example inputs of the size it expects."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,24 +42,3 @@ def example_inputs(model: nn.Module, batch: int = 2, img: int | None = None, fra
                          f"drop --frames")
     shape = (batch, chans, frames or clip, side, side) if clip is not None else (batch, chans, side, side)
     return (torch.randn(shape, generator=generator, device=device),)
-
-
-def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None, **overrides) -> nn.Module:
-    """A model from a registered name or a saved model folder (``config.json`` + ``model.safetensors``).
-
-    ``checkpoint`` loads other weights on top (strict). Overrides go to ``create_model``.
-    """
-    from vitlab.checkpoints.hub import CONFIG_NAME, from_pretrained
-    from vitlab.checkpoints.load import load_checkpoint
-    from vitlab.models.registry import create_model
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{spec} is a folder but not a vitlab model folder ({CONFIG_NAME} missing); "
-                                    f"pass a model name or a folder written by save_pretrained")
-        model = from_pretrained(path, **overrides)
-    else:
-        model = create_model(str(spec), **overrides)
-    if checkpoint:
-        load_checkpoint(model, checkpoint, strict=True)
-    return model.eval()
