@@ -95,8 +95,12 @@ def test_load_model_accepts_a_folder_or_a_name(tmp_path):
     vitlab.create_model("volo_micro", num_classes=2).save_pretrained(tmp_path / "folder")
     assert load_model(tmp_path / "folder").num_classes == 2
     assert load_model("volo_micro").num_classes == 1000
+    vitlab.create_model("volo_micro", num_classes=4).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.yaml").write_text("task: classification\n")
+    assert load_model(tmp_path / "run").num_classes == 4            # a run folder: its model/
+    assert vitlab.from_pretrained(tmp_path / "run").num_classes == 4
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a vitlab model folder"):
+    with pytest.raises(FileNotFoundError, match="neither a vitlab model folder.*nor a run folder"):
         load_model(tmp_path / "empty")
 
 
