@@ -7,7 +7,8 @@
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits (values 0..16).
 
 Splits are seeded and *clean*: exact duplicate images are kept on one side of the split
-(Animal-MNIST has many), and the split reports how many it moved.
+(Animal-MNIST has many), and the split reports how many it moved. :func:`stratified_limit`
+takes a subset of a split that keeps every class's share.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -128,3 +128,27 @@ def clean_split(images: np.ndarray, held_out: int, seed: int = 0) -> CleanSplit:
     train = np.flatnonzero(~in_held)
     dup_groups = sum(1 for m in groups.values() if len(m) > 1)
     return CleanSplit(train=train, held_out=held, moved=moved, duplicate_groups=dup_groups)
+
+
+def stratified_limit(indices: np.ndarray, labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """``limit`` of ``indices`` (sorted) with each class's share of them kept, deterministic for ``seed``.
+
+    Each class's members are put in a seeded random order; member ``j`` of a class with ``n``
+    members gets the key ``(j + 0.5) / n`` and the ``limit`` smallest keys are kept (ties go to
+    the lower class), i.e. the classes are interleaved in proportion to their sizes.
+    """
+    indices = np.asarray(indices)
+    if limit >= len(indices):
+        return np.sort(indices)
+    cls = np.asarray(labels)[indices]
+    rng = np.random.default_rng(seed)
+    picked, keys, order = [], [], []
+    for c in np.unique(cls):
+        members = indices[cls == c]
+        members = members[rng.permutation(len(members))]
+        picked.append(members)
+        keys.append((np.arange(len(members)) + 0.5) / len(members))
+        order.append(np.full(len(members), c))
+    picked, keys, order = np.concatenate(picked), np.concatenate(keys), np.concatenate(order)
+    keep = np.lexsort((order, keys))[:limit]
+    return np.sort(picked[keep])
