@@ -85,11 +85,12 @@ def test_cli_json_and_text(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["published_gmacs"] == 6.8 and report["gmacs"] == pytest.approx(6.9, abs=0.05)
     assert report["input_shape"] == [1, 3, 224, 224] and report["params_m"] == pytest.approx(26.6, abs=0.1)
-    assert cli(["flops", "--model", "volo_d1", "--img", "384", "--depth", "1"]) == 0
+    assert cli(["flops", "--model", "volo_d1", "--img-size", "384", "--depth", "1"]) == 0
     text = capsys.readouterr().out
     assert "input (1, 3, 384, 384)" in text and "stage1" in text and "published" not in text  # 384 is not 224
-    vitlab.create_model("volo_micro", num_classes=10).save_pretrained(tmp_path)
-    assert cli(["flops", "--model", str(tmp_path), "--json"]) == 0
-    folder = json.loads(capsys.readouterr().out)
-    head = next(r for r in folder["stages"] if r["name"] == "head")
-    assert folder["model"] == "volo_micro" and head["macs"] == 64 * 10  # 10 classes from the folder's config
+    vitlab.create_model("volo_micro", num_classes=10).save_pretrained(tmp_path / "model")
+    for spec in (tmp_path / "model", tmp_path):  # a model folder, and a run folder holding it in model/
+        assert cli(["flops", "--model", str(spec), "--json"]) == 0
+        folder = json.loads(capsys.readouterr().out)
+        head = next(r for r in folder["stages"] if r["name"] == "head")
+        assert folder["model"] == "volo_micro" and head["macs"] == 64 * 10  # 10 classes from the folder's config

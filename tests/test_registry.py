@@ -65,13 +65,37 @@ def test_cli_models_and_info(capsys):
     assert rows["volo_d1"]["params_m"] == 26.63 and rows["volo_d5"]["params_m"] == 295.46
     assert main(["info", "volo_d1"]) == 0
     assert "stride 8, module network.0" in capsys.readouterr().out
-    assert main(["info", "volo_d9"]) == 1
-    assert "Closest names" in capsys.readouterr().err
+    assert main(["info", "volo_d9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlab info: error: unknown model name 'volo_d9'") and "Closest names" in err
+
+
+def test_cli_info_takes_model_and_run_folders(tmp_path, capsys):
+    from vitlab.cli.main import main
+    vitlab.create_model("volo_micro", num_classes=5).save_pretrained(tmp_path / "run" / "model")
+    for folder in (tmp_path / "run" / "model", tmp_path / "run"):
+        assert main(["info", str(folder), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["name"] == "volo_micro" and info["num_classes"] == 5
+    assert main(["info", str(tmp_path)]) == 2  # neither a model folder nor a run folder
+    assert capsys.readouterr().err.startswith("vitlab info: error: ")
+
+
+def test_cli_models_reads_the_shipped_index(capsys):
+    """`vitlab models` prints the static index; it must match the registry or it goes stale."""
+    from vitlab.cli import models as cli_models
+    from vitlab.models.index import REGENERATE, build_index, load_index
+    shipped = load_index()
+    assert build_index() == shipped, f"src/vitlab/models/model_index.json is out of date: run `{REGENERATE}`"
+    assert cli_models.index_rows() == shipped
+    rows = {r["name"]: r for r in shipped}
+    assert rows["volo_micro"]["params"] == sum(p.numel() for p in vitlab.create_model("volo_micro").parameters())
+    assert rows["volo"]["kind"] == "family" and rows["volo"]["params"] is None
 
 
 def test_cli_bench_json(capsys):
     from vitlab.cli.main import main
-    assert main(["bench", "--model", "volo_micro", "--batch", "2", "--train", "--iters", "1", "--warmup", "0",
+    assert main(["bench", "--model", "volo_micro", "--batch-size", "2", "--train", "--iters", "1", "--warmup", "0",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["params_m"] == pytest.approx(0.39, abs=0.01)
@@ -82,7 +106,7 @@ def test_cli_bench_json(capsys):
 @pytest.mark.parametrize("name", ["volo_micro", "pale_micro"])
 def test_cli_bench_reference_side_by_side(name, capsys):
     from vitlab.cli.main import main
-    assert main(["bench", "--model", name, "--batch", "2", "--train", "--iters", "1", "--warmup", "0",
+    assert main(["bench", "--model", name, "--batch-size", "2", "--train", "--iters", "1", "--warmup", "0",
                  "--no-flops", "--reference", "--json"]) == 0
     ref = json.loads(capsys.readouterr().out)["reference"]
     assert ref["max_abs_diff"] < 1e-4  # the reference path computes the same function
@@ -92,8 +116,28 @@ def test_cli_bench_reference_side_by_side(name, capsys):
     assert pale.pale_attention.__module__ == "vitlab.attention.pale"
 
 
+def test_cli_bench_old_flag_spellings(capsys):
+    from vitlab.cli.main import main
+    assert main(["bench", "--model", "volo_micro", "--batch", "1", "--img", "32", "--iters", "1", "--warmup", "0",
+                 "--no-flops", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["batch"] == 1 and result["input_shape"] == [3, 32, 32]
+
+
+def test_cli_bench_run_folder_and_family_name(tmp_path, capsys):
+    from vitlab.cli.main import main
+    model = vitlab.create_model("volo_micro", num_classes=3)
+    model.save_pretrained(tmp_path / "model")
+    assert main(["bench", "--model", str(tmp_path), "--batch-size", "1", "--iters", "1", "--warmup", "0",
+                 "--no-flops", "--json"]) == 0  # a run folder: its model/ is benchmarked
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    assert json.loads(capsys.readouterr().out)["params_m"] == pytest.approx(params_m, abs=0.01)
+    assert main(["bench", "--model", "volo", "--iters", "1", "--warmup", "0", "--no-flops"]) == 2
+    assert capsys.readouterr().err.startswith("vitlab bench: error: 'volo' is a family name")
+
+
 def test_cli_bench_reference_refuses_compile(capsys):
     from vitlab.cli.main import main
-    assert main(["bench", "--model", "volo_micro", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-flops",
+    assert main(["bench", "--model", "volo_micro", "--batch-size", "1", "--iters", "1", "--warmup", "0", "--no-flops",
                  "--compile", "--reference"]) != 0
     assert "leave out --compile" in capsys.readouterr().err

@@ -1,53 +1,59 @@
 """``vitlab bench``: parameters, GMACs, inference / train-step images/s and peak memory of a model."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+from typing import TYPE_CHECKING
 
-import torch
+from vitlab.cli.common import add_flags
+
+if TYPE_CHECKING:
+    import torch
 
 COMMAND = "bench"
 HELP = "measure params, GMACs (multiply-adds), images/s and peak memory of a model"
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="variant name or model folder")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--img", type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    add_flags(p, "model", "batch_size", "img_size", "device", "threads", "json", model={"required": True},
+              batch_size={"default": 8, "help": "batch size (default 8)"},
+              img_size={"help": "input side in pixels (default: the model's pretrained_cfg)"},
+              device={"default": "cpu", "help": "default cpu; auto: CUDA when available"})
+    p.add_argument("--batch", dest="batch_size", type=int, default=8, help=argparse.SUPPRESS)  # older spellings
+    p.add_argument("--img", dest="img_size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--frames", type=int, default=None, help="clip length for video models")
     p.add_argument("--train", action="store_true", help="also time a training step (forward + backward + update)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast dtype")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--no-flops", action="store_true", help="skip the multiply-add count")
     p.add_argument("--reference", action="store_true",
                    help="also time the published code's computation on the same weights (unfold/fold outlook, "
                         "explicit-softmax attention, per-pale loop) and print vitlab / reference speed ratios")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_for_bench(name: str, img: int | None):
-    import os
-
-    import vitlab
-    from vitlab.models.registry import get_entry
-    if os.path.isdir(name):
-        return vitlab.from_pretrained(name)
-    kwargs = {"img_size": img} if img else {}
-    entry = get_entry(name)
+def build_for_bench(spec: str, img: int | None):
+    """A registered name (random weights), a model folder or a run folder, built for input side ``img``."""
+    from vitlab.cli.common import load_model
     try:
-        return vitlab.create_model(name, **kwargs)
+        return load_model(spec, **({"img_size": img} if img else {}))
     except TypeError:
-        if entry.is_family:
-            raise ValueError(f"'{name}' is a family name: bench needs a variant, e.g. "
-                             f"{', '.join(vitlab.list_models(family=entry.family)[:4])}")
-        return vitlab.create_model(name)
+        if not os.path.isdir(spec):
+            from vitlab.models.registry import get_entry, list_models
+            entry = get_entry(spec)
+            if entry.is_family:
+                raise ValueError(f"'{spec}' is a family name: bench needs a variant, e.g. "
+                                 f"{', '.join(list_models(family=entry.family)[:4])}") from None
+        if not img:
+            raise
+        return load_model(spec)  # no img_size argument: the model takes the input size as it comes
 
 
 def example_input(model, batch: int, img: int | None, frames: int | None) -> torch.Tensor:
+    import torch
     shape = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     if img:
         shape = shape[:-2] + (img, img)
@@ -72,16 +78,20 @@ def format_result(r) -> str:
 
 
 def run(args) -> int:
+    import torch
+
     from vitlab.bench.throughput import benchmark_model
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from vitlab.cli.common import set_threads
+    set_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available")
     if args.reference and args.compile:
         raise ValueError("--reference compares the eager paths; leave out --compile")
     device = torch.device(args.device)
-    model = build_for_bench(args.model, args.img).to(device)
-    x = example_input(model, args.batch, args.img, args.frames).to(device)
+    model = build_for_bench(args.model, args.img_size).to(device)
+    x = example_input(model, args.batch_size, args.img_size, args.frames).to(device)
     if args.channels_last and x.ndim == 4:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -13,11 +13,15 @@ one (norm, heads, decoders) are listed under their own names.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from vitlab.cli.common import add_flags
+
+if TYPE_CHECKING:
+    from torch import nn
 
 COMMAND = "flops"
 HELP = "multiply-adds (GMACs) per stage and in total, with the published figure where known"
@@ -44,11 +48,11 @@ PUBLISHED_GMACS = {
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="model name or a folder from save_pretrained")
-    p.add_argument("--img", type=int, help="input side in pixels (default: the model's own size)")
+    add_flags(p, "model", "img_size", "json", model={"required": True},
+              img_size={"help": "input side in pixels (default: the model's own size)"})
+    p.add_argument("--img", dest="img_size", type=int, help=argparse.SUPPRESS)  # older spelling
     p.add_argument("--frames", type=int, help="clip length for video models (default: the model's own)")
     p.add_argument("--depth", type=int, default=0, help="also list multiply-adds per module, cut at this depth")
-    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def record_call_order(model: nn.Module):
@@ -137,7 +141,13 @@ def group_by_stage(model: nn.Module, per_module: dict[str, int], call_order: dic
 
 
 def _build(spec: str, img: int | None, frames: int | None, device: str) -> nn.Module:
-    """The architecture only (weights do not change the count), on ``device`` ('meta' costs no memory)."""
+    """The architecture only (weights do not change the count), on ``device`` ('meta' costs no memory).
+
+    ``spec`` is a registered name, a model folder or a run folder; a folder's config is read, its
+    weights are not.
+    """
+    import torch
+
     from vitlab.checkpoints.hub import read_config
     from vitlab.export.inputs import size_overrides
     from vitlab.models.registry import create_model
@@ -182,7 +192,7 @@ def measure(spec: str, img: int | None = None, frames: int | None = None, depth:
 
 def run(args) -> int:
     from vitlab.bench.flops import group_by_prefix
-    result = measure(args.model, args.img, args.frames)
+    result = measure(args.model, args.img_size, args.frames)
     published = PUBLISHED_GMACS.get(result["model"])
     side = result["input_shape"][-1]
     frames = result["input_shape"][2] if len(result["input_shape"]) == 5 else None

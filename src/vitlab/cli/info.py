@@ -1,16 +1,20 @@
 """``vitlab info``: architecture summary of a model: family, parameters, preprocessing, feature maps."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+
+from vitlab.cli.common import MODEL_HELP, add_flags
 
 COMMAND = "info"
 HELP = "show a model's family, parameter count, preprocessing config and feature maps"
 
 
 def add_arguments(p):
-    p.add_argument("model", help="variant name or model folder")
-    p.add_argument("--img", type=int, default=None, help="build for this input size")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("model", help=MODEL_HELP)
+    add_flags(p, "img_size", "json", img_size={"help": "build for this input side in pixels"})
+    p.add_argument("--img", dest="img_size", type=int, help=argparse.SUPPRESS)  # older spelling
 
 
 def describe(model) -> dict:
@@ -29,16 +33,18 @@ def describe(model) -> dict:
     }
 
 
-def run(args) -> int:
-    import os
-
-    import vitlab
+def build(spec: str, img_size: int | None = None):
+    """A model folder or run folder is loaded; a registered name is built on the meta device (no weights needed)."""
+    overrides = {"img_size": img_size} if img_size else {}
+    if os.path.isdir(spec):
+        from vitlab.cli.common import load_model
+        return load_model(spec, **overrides)
     from vitlab.models.registry import build_without_weights
-    if os.path.isdir(args.model):
-        model = vitlab.from_pretrained(args.model)
-    else:
-        model = build_without_weights(args.model, **({"img_size": args.img} if args.img else {}))
-    info = describe(model)
+    return build_without_weights(spec, **overrides)
+
+
+def run(args) -> int:
+    info = describe(build(args.model, args.img_size))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -1,36 +1,50 @@
-"""``vitlab models``: list registered model names with their parameter counts."""
+"""``vitlab models``: list registered model names with their parameter counts.
+
+Names, descriptions and parameter counts come from the static index ``vitlab/models/model_index.json``
+(:mod:`vitlab.models.index`), so listing needs neither torch nor a model build.
+"""
 from __future__ import annotations
 
+import fnmatch
 import json
+from pathlib import Path
+
+from vitlab.cli.common import add_flags
 
 COMMAND = "models"
 HELP = "list model names (fnmatch pattern) with parameter counts"
+
+# read directly: importing vitlab.models (the registry) would import torch
+INDEX = Path(__file__).resolve().parent.parent / "models" / "model_index.json"
 
 
 def add_arguments(p):
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'volo*'")
     p.add_argument("--families", action="store_true", help="also list family names (official kwargs)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_flags(p, "json")
 
 
-def count_params(name: str) -> int | None:
-    """Parameter count of a variant, built without weights where possible."""
-    from vitlab.models.registry import build_without_weights
+def index_rows() -> list[dict]:
+    """Every registered name (variants and families), sorted by name, from the shipped index."""
     try:
-        model = build_without_weights(name)
-    except TypeError:  # a family name needs its constructor arguments
-        return None
-    return sum(p.numel() for p in model.parameters())
+        with open(INDEX, encoding="utf-8") as f:
+            return json.load(f)["models"]
+    except FileNotFoundError:  # an install without the data file: compute it (imports torch, builds models)
+        from vitlab.models.index import build_index
+        return build_index()
+
+
+def list_rows(pattern: str = "*", families: bool = False) -> list[dict]:
+    """The rows ``vitlab models`` prints: name, family, params_m (None for a family), kind, description."""
+    return [{"name": r["name"], "family": r["family"],
+             "params_m": None if r["params"] is None else round(r["params"] / 1e6, 2),
+             "kind": r["kind"], "description": r["description"]}
+            for r in index_rows()
+            if (families or r["kind"] != "family") and fnmatch.fnmatchcase(r["name"], pattern)]
 
 
 def run(args) -> int:
-    from vitlab.models.registry import get_entry, list_models
-    rows = []
-    for name in list_models(args.pattern, include_families=args.families):
-        entry = get_entry(name)
-        params = None if entry.is_family else count_params(name)
-        rows.append({"name": name, "family": entry.family, "params_m": None if params is None else round(params / 1e6, 2),
-                     "kind": "family" if entry.is_family else "variant", "description": entry.doc})
+    rows = list_rows(args.pattern, args.families)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
