@@ -3,8 +3,9 @@
     python benchmarks/compare.py                         # CPU defaults: batch 8 at 224, fp32
     python benchmarks/compare.py --models volo_d1 --kernel-batch 32 --out bench.md
 
-For every model: images/s for inference (eval, no grad) and for a training step (forward, cross-
-entropy, backward, SGD step), and the peak memory of each, for vitlab and for the reference path of
+For every model: images/s for inference (eval, no grad) and for a training step (forward,
+cross-entropy, backward, SGD step; vitlab models run ``forward_train``, so a token-labeling aux head
+takes part), and the peak memory of each, for vitlab and for the reference path of
 ``vitlab.bench.reference`` (same weights; the outputs are checked to agree). Runs alternate between the
 two paths so that load on a shared machine hits both alike; the median is reported. timm's
 ``volo_d1`` / ``swin_tiny`` are added when timm imports.
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 import vitlab
 from vitlab.attention.outlook import OutlookAttention, outlook_attention
 from vitlab.bench.reference import reference_paths
-from vitlab.bench.throughput import time_interleaved
+from vitlab.bench.throughput import time_interleaved, training_forward
+from vitlab.models.base import TrainOutput, VitlabModel
 
 DEFAULT_MODELS = ["volo_d1", "swin_tiny", "pale_tiny", "uniformer_small", "vit_base_patch16"]
 
@@ -54,13 +56,10 @@ def peak_bytes(fn, device: torch.device) -> int:
     return peak
 
 
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _loss(out, target):
-    if isinstance(out, (tuple, list)):  # token labeling: (cls, aux)
-        return F.cross_entropy(out[0], target) + 0.5 * out[1].float().mean()
+    if isinstance(out, TrainOutput):  # vitlab's forward_train: class logits (+ aux token logits)
+        loss = F.cross_entropy(out.logits, target)
+        return loss if out.aux_logits is None else loss + 0.5 * out.aux_logits.float().mean()
     return F.cross_entropy(out, target)
 
 
@@ -69,6 +68,8 @@ class Runner:
 
     def __init__(self, model, x, target, context, dtype):
         self.model, self.x, self.target, self.context, self.dtype = model, x, target, context, dtype
+        # vitlab: forward_train (class + aux-head logits); timm: its plain forward, as before
+        self.forward_train = training_forward(model) if isinstance(model, VitlabModel) else model
         self.opt = torch.optim.SGD(model.parameters(), lr=1e-6)
 
     def _autocast(self):
@@ -82,7 +83,7 @@ class Runner:
     def train_step(self):
         self.model.train()
         with self.context(self.model), self._autocast():
-            loss = _loss(self.model(self.x), self.target)
+            loss = _loss(self.forward_train(self.x), self.target)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -115,12 +116,12 @@ def bench_model(name: str, args, device, dtype) -> list[dict]:
             print(f"  timm unavailable ({type(e).__name__}: {str(e)[:80]})")
     # same function: the reference path must reproduce vitlab's logits
     with torch.no_grad():
-        a, b = _logits(runners["vitlab"].infer()), _logits(runners["reference"].infer())
+        a, b = runners["vitlab"].infer(), runners["reference"].infer()
     agree = (a.float() - b.float()).abs().max().item()
     rows = []
     for mode in ("infer", "train"):
         fns = {k: (r.infer if mode == "infer" else r.train_step) for k, r in runners.items()}
-        sec = time_interleaved(fns, args.iters, args.warmup, device)
+        sec = time_interleaved(fns, device, warmup=args.warmup, iters=args.iters)
         mem = {k: peak_bytes(fn, device) for k, fn in fns.items()} if args.memory else {}
         for k in fns:
             rows.append(dict(model=name, mode=mode, path=k, ips=args.batch / sec[k],
@@ -156,7 +157,7 @@ def bench_outlook_kernel(args, device) -> list[dict]:
     rows = []
     for label, make in (("outlook op", op), ("OutlookAttention module", mod)):
         fns = {i: make(i) for i in impls}
-        sec = time_interleaved(fns, args.kernel_iters, 1, device)
+        sec = time_interleaved(fns, device, warmup=1, iters=args.kernel_iters)
         mem = {i: peak_bytes(fn, device) for i, fn in fns.items()}
         for i in impls:
             rows.append(dict(model=f"{label} 56x56x192 b{B}", mode="fwd+bwd", path=i, ips=B / sec[i],

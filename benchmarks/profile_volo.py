@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     target = torch.randint(0, 1000, (args.batch,))
 
     def step():
-        cls, aux = model(x)
-        (F.cross_entropy(cls, target) + 0.5 * aux.mean()).backward()
+        out = model.forward_train(x)  # class logits + token logits (the token-labeling loss's inputs)
+        (F.cross_entropy(out.logits, target) + 0.5 * out.aux_logits.mean()).backward()
         model.zero_grad(set_to_none=True)
 
     step()  # warm-up

@@ -15,6 +15,7 @@ from vitlab.engine.ema import ModelEma
 from vitlab.engine.losses import classification_loss, soft_cross_entropy
 from vitlab.engine.optim import create_optimizer, layer_ids, param_groups
 from vitlab.engine.scheduler import WarmupCosine, lr_at
+from vitlab.models.base import TrainOutput
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +87,40 @@ def test_volo_loss_is_class_ce_plus_half_dense_ce():
     cls_target = 0.75 * target + 0.25 * target.flip(0)
     assert mixed.item() == pytest.approx((soft_cross_entropy(cls, cls_target) + 0.5 * F.cross_entropy(
         aux.reshape(-1, 5), y.repeat_interleave(16))).item(), rel=1e-6)
+    # a TrainOutput is the same tuple; missing aux / box fields are None
+    assert classification_loss(TrainOutput(cls, aux, (0, 0, 2, 2)), target, 0.5).item() == mixed.item()
+    assert classification_loss(TrainOutput(cls, aux), target, aux_weight=0.5).item() == loss.item()
+    assert classification_loss((cls, aux, None), target, aux_weight=0.5).item() == loss.item()
+    plain = classification_loss(TrainOutput(cls), target)
+    assert plain.item() == pytest.approx(F.cross_entropy(cls, y).item(), rel=1e-6)
+    assert classification_loss(cls, target).item() == plain.item()
+
+
+def test_classification_loss_errors_are_clear():
+    cls, aux = torch.randn(2, 3), torch.randn(2, 4, 3)
+    target = smooth_one_hot(torch.tensor([0, 2]), 3, 0.0)
+    with pytest.raises(ValueError, match="token labels need a model with an auxiliary token head"):
+        classification_loss(TrainOutput(cls), target, token_maps=torch.rand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="token labels need"):
+        classification_loss(cls, target, token_maps=torch.rand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"aux logits must be \(B, N, K\), got \(2, 3\)"):
+        classification_loss((cls, cls), target)
+    with pytest.raises(ValueError, match=r"class logits must be \(B, K\)"):
+        classification_loss((aux, aux), target)
+    with pytest.raises(ValueError, match="MixToken box needs the aux logits"):
+        classification_loss(TrainOutput(cls, None, (0, 0, 1, 1)), target)
+    with pytest.raises(TypeError, match="forward_train"):
+        classification_loss({"logits": cls}, target)
 
 
 def test_volo_mix_token_training_step_runs():
     model = vitlab.create_model("volo_micro", num_classes=3, img_size=32, patch_size=4, mix_token=True)
-    out = model(torch.randn(2, 3, 32, 32))
-    assert len(out) == 3
+    out = model.forward_train(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, TrainOutput) and out.mix_box is not None and out.aux_logits.shape == (2, 16, 3)
     loss = classification_loss(out, smooth_one_hot(torch.tensor([0, 2]), 3, 0.1))
     loss.backward()
     assert math.isfinite(loss.item())
+    assert model.aux_head.weight.grad is not None and model.head.weight.grad is not None
 
 
 def test_label_smoothing_and_mixup_targets():

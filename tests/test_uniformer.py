@@ -9,6 +9,7 @@ from torch import nn
 import vitlab
 from conftest import manifest_path
 from vitlab.attention.relation import WindowMHRA, window_merge, window_partition
+from vitlab.models.base import TrainOutput
 
 IMAGE_MANIFESTS = {
     "uniformer_small": "uniformer_small",
@@ -100,9 +101,30 @@ def test_token_labeling_eval_and_train_outputs():
         tokens = feats.flatten(2).transpose(1, 2)
         expected = model.head(tokens.mean(1)) + 0.5 * model.aux_head(tokens).max(1).values
         torch.testing.assert_close(model(x), expected)
+        out = model.forward_train(x)
+        assert isinstance(out, TrainOutput) and out.mix_box is None
+        assert out.logits.shape == (2, 7) and out.aux_logits.shape == (2, 4, 7)  # 2x2 tokens at stride 32
+        torch.testing.assert_close(out.logits, model.head(tokens.mean(1)))  # the pooled head alone
+        torch.testing.assert_close(model(x), out.logits + 0.5 * out.aux_logits.max(1).values)
     model.train()
-    cls, aux = model(x)
-    assert cls.shape == (2, 7) and aux.shape == (2, 4, 7)  # 2x2 tokens at stride 32
+    logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 7)
+    out = model.forward_train(x)
+    assert out.logits.shape == (2, 7) and out.aux_logits.shape == (2, 4, 7) and out.mix_box is None
+
+
+def test_forward_has_no_mix_token_in_training_mode():
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_micro", token_labeling=True, return_dense=True, mix_token=True,
+                                num_classes=4).train()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(x)
+        torch.manual_seed(2)
+        second = model(x)
+    assert first.shape == (2, 4)
+    torch.testing.assert_close(first, second)  # no random box drawn: the same function under any seed
 
 
 def test_mix_token_swaps_aligned_boxes_back():
@@ -110,18 +132,49 @@ def test_mix_token_swaps_aligned_boxes_back():
     model = vitlab.create_model("uniformer_micro", token_labeling=True, return_dense=True, mix_token=True,
                                 num_classes=4).train()
     x = torch.randn(2, 3, 128, 128)
-    cls, aux, box = model(x)
-    y1, x1, y2, x2 = box
-    assert cls.shape == (2, 4) and aux.shape == (2, 16, 4)
+    out = model.forward_train(x)
+    assert out.mix_box is not None
+    y1, x1, y2, x2 = out.mix_box
+    assert out.logits.shape == (2, 4) and out.aux_logits.shape == (2, 16, 4)
     assert 0 <= y1 <= y2 <= 4 and 0 <= x1 <= x2 <= 4
     # identical images: mixing is a no-op, so outputs equal the unmixed training forward
     same = x[:1].repeat(2, 1, 1, 1)
     torch.manual_seed(5)
-    mixed = model(same)
+    mixed = model.forward_train(same)
     model.mix_token = False
-    plain = model(same)
-    torch.testing.assert_close(mixed[0], plain[0])
-    torch.testing.assert_close(mixed[1], plain[1])
+    plain = model.forward_train(same)
+    assert mixed.mix_box is not None and plain.mix_box is None
+    torch.testing.assert_close(mixed.logits, plain.logits)
+    torch.testing.assert_close(mixed.aux_logits, plain.aux_logits)
+
+
+def test_mix_token_un_mixes_aux_logits_per_image(monkeypatch):
+    """A box over the whole grid shows the network the flipped batch (same BatchNorm batch statistics);
+    un-mixing must give each image its own tokens' aux logits back."""
+    import vitlab.models.uniformer as uniformer
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_micro", token_labeling=True, return_dense=True, mix_token=True,
+                                num_classes=4).train()
+    x = torch.randn(3, 3, 128, 128)
+    monkeypatch.setattr(uniformer, "mix_token_box", lambda grid_hw, lam: (0, 0, *grid_hw))
+    mixed = model.forward_train(x)
+    assert mixed.mix_box == (0, 0, 4, 4)
+    model.mix_token = False
+    plain = model.forward_train(x)
+    torch.testing.assert_close(mixed.aux_logits, plain.aux_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.logits, plain.logits.flip(0), atol=1e-5, rtol=1e-5)
+
+
+def test_plain_classifier_forward_train_is_forward():
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_micro", num_classes=5).train()
+    x = torch.randn(2, 3, 64, 64)
+    out = model.forward_train(x)
+    assert isinstance(out, TrainOutput) and out.aux_logits is None and out.mix_box is None
+    torch.testing.assert_close(out.logits, model(x))
+    dense = vitlab.create_model("uniformer_dense", depth=[1, 1, 2, 1], embed_dim=[16, 32, 64, 96], head_dim=16)
+    with pytest.raises(ValueError, match="dense UniFormer backbone has no classification"):
+        dense.forward_train(x)
 
 
 def _reference_window_attention(attn: WindowMHRA, x: torch.Tensor) -> torch.Tensor:

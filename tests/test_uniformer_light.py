@@ -6,6 +6,7 @@ import torch
 
 import vitlab
 from conftest import manifest_path
+from vitlab.models.base import TrainOutput
 from vitlab.models.uniformer_light import PruneState, PruningAttnBlock
 
 MICRO = dict(depth=[1, 1, 3, 2], conv_stem=True, embed_dim=[16, 32, 64, 96], head_dim=16, mlp_ratio=[3] * 4,
@@ -38,13 +39,44 @@ def test_pruning_is_per_sample_and_re_entrant():
     assert other.shape == (2, 10)
 
 
-def test_training_output_pairs_mean_and_class_token_heads():
+def test_forward_returns_head_logits_in_train_and_eval_mode():
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_light", **MICRO)
+    x = torch.randn(2, 3, 64, 64)
+    for mode in (True, False):
+        out = model.train(mode)(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 10), f"training={mode}"
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
+
+
+def test_forward_train_pairs_mean_and_class_token_heads():
     torch.manual_seed(0)
     model = vitlab.create_model("uniformer_light", **MICRO).train()
-    mean_logits, cls_logits = model(torch.randn(2, 3, 64, 64))
-    assert mean_logits.shape == (2, 10) and cls_logits.shape == (2, 1, 10)
-    (mean_logits.sum() + cls_logits.sum()).backward()
+    x = torch.randn(2, 3, 64, 64)
+    out = model.forward_train(x)
+    assert isinstance(out, TrainOutput) and out.mix_box is None
+    assert out.logits.shape == (2, 10) and out.aux_logits.shape == (2, 1, 10)
+    (out.logits.sum() + out.aux_logits.sum()).backward()
     assert model.cls_token.grad is not None and model.cls_upsample.weight.grad is not None
+    assert model.head_cls.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_train(x).logits, model(x))
+
+
+def test_forward_train_feeds_the_token_labeling_loss():
+    from vitlab.data.mixup import smooth_one_hot
+    from vitlab.engine.losses import classification_loss, soft_cross_entropy
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_light", **MICRO).eval()
+    x, target = torch.randn(2, 3, 64, 64), smooth_one_hot(torch.tensor([1, 7]), 10, 0.1)
+    with torch.no_grad():
+        out = model.forward_train(x)
+        loss = classification_loss(out, target, aux_weight=1.0)
+    expected = soft_cross_entropy(out.logits, target) + soft_cross_entropy(out.aux_logits, target.unsqueeze(1))
+    torch.testing.assert_close(loss, expected)
 
 
 def test_pruning_block_keeps_top_tokens_and_restores_order():

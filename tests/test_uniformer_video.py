@@ -41,6 +41,17 @@ def test_tensor_and_list_input_agree_and_any_frame_count():
     assert model.pretrained_cfg["input_size"] == (3, 8, 64, 64)
 
 
+def test_forward_features_layout_and_forward_train():
+    torch.manual_seed(0)
+    model = vitlab.create_model("uniformer_video_micro", num_classes=6).eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 7, 64, 96)).shape == (1, 96, 4, 2, 3)  # ceil(7 / 2)
+        clip = torch.randn(2, 3, 8, 64, 64)
+        out = model.forward_train(clip)
+        assert out.aux_logits is None and out.mix_box is None
+        torch.testing.assert_close(out.logits, model(clip))
+
+
 def test_video_input_errors():
     model = vitlab.create_model("uniformer_video_micro").eval()
     with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):

@@ -137,3 +137,21 @@ def test_micro_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_forward_train_without_aux_head_is_the_plain_forward():
+    torch.manual_seed(0)
+    model = vitlab.create_model("vit_micro", num_classes=3).train()
+    x = torch.randn(2, 3, 64, 64)
+    out = model.forward_train(x)
+    assert out.aux_logits is None and out.mix_box is None
+    assert isinstance(out.logits, torch.Tensor) and out.logits.shape == (2, 3)
+    torch.testing.assert_close(out.logits, model(x))
+
+
+def test_forward_features_layout():
+    model = vitlab.create_model("vit_micro").eval()
+    assert model.forward_features(torch.randn(1, 3, 64, 96)).shape == (1, 1 + 4 * 6, 64)  # class token first
+    no_cls = VisionTransformer(img_size=64, embed_dim=32, depth=3, num_heads=2, with_cls_token=False,
+                               shrink_idx=1, num_classes=0).eval()
+    assert no_cls.forward_features(torch.randn(1, 3, 80, 112)).shape == (1, 3 * 4, 32)  # ceil(5/2) x ceil(7/2)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import vitlab
 from conftest import manifest_path
 from vitlab.attention.outlook import OutlookAttention, outlook_attention
+from vitlab.models.base import TrainOutput
 from vitlab.models.volo import VOLO
 
 PAPER_PARAMS = {"d1": 26.63e6, "d2": 58.68e6, "d3": 86.33e6, "d4": 192.96e6, "d5": 295.46e6}
@@ -54,21 +55,77 @@ def test_eval_output_is_class_head_plus_half_max_aux(micro):
         assert micro.forward_head(feats, pre_logits=True).shape == (2, micro.num_features)
 
 
-def test_training_mode_returns_dense_aux_logits(micro):
-    micro.train()
-    cls, aux = micro(torch.randn(2, 3, 64, 64))
-    assert cls.shape == (2, 7) and aux.shape == (2, 16, 7)
-    micro.return_dense = False
-    assert micro(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+def test_forward_returns_one_logits_tensor_in_train_and_eval_mode():
+    torch.manual_seed(0)
+    model = vitlab.create_model("volo_micro", num_classes=7, mix_token=True)
+    x = torch.randn(2, 3, 64, 64)
+    for mode in (True, False):
+        out = model.train(mode)(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 7), f"training={mode}"
+    # no MixToken inside forward: in training mode it draws no random box (BatchNorm uses batch statistics,
+    # the same for both calls), so two calls under different seeds agree
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(x)
+        torch.manual_seed(2)
+        torch.testing.assert_close(model(x), first)
 
 
-def test_mix_token_returns_box_and_unmixes_aux():
+def test_eval_forward_merges_forward_train_outputs(micro):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = micro.forward_train(x)
+        assert isinstance(out, TrainOutput) and out.mix_box is None
+        assert out.logits.shape == (2, 7) and out.aux_logits.shape == (2, 16, 7)
+        torch.testing.assert_close(micro(x), out.logits + 0.5 * out.aux_logits.max(1).values)
+        feats = micro.forward_features(x)
+        torch.testing.assert_close(out.logits, micro.head(feats[:, 0]))  # the class head alone, not merged
+
+
+def test_forward_train_with_mix_token_returns_box_and_unmixed_aux():
     torch.manual_seed(1)
     model = vitlab.create_model("volo_micro", num_classes=3, mix_token=True).train()
-    cls, aux, box = model(torch.randn(4, 3, 64, 64))
-    assert cls.shape == (4, 3) and aux.shape == (4, 16, 3)
-    y1, x1, y2, x2 = box
+    out = model.forward_train(torch.randn(4, 3, 64, 64))
+    assert out.logits.shape == (4, 3) and out.aux_logits.shape == (4, 16, 3)
+    assert out.mix_box is not None
+    y1, x1, y2, x2 = out.mix_box
     assert 0 <= y1 <= y2 <= 4 and 0 <= x1 <= x2 <= 4
+    # identical images: mixing is a no-op, so the outputs equal the unmixed ones
+    same = torch.randn(1, 3, 64, 64).expand(4, -1, -1, -1).contiguous()
+    torch.manual_seed(2)
+    mixed = model.forward_train(same)
+    assert mixed.mix_box is not None
+    model.mix_token = False  # same training mode (BatchNorm batch statistics), no MixToken
+    plain = model.forward_train(same)
+    assert plain.mix_box is None
+    torch.testing.assert_close(mixed.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.aux_logits, plain.aux_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_mix_token_un_mixes_aux_logits_per_image():
+    """Each image's aux logits inside the box come from its own tokens: with a box covering the whole
+    grid the network sees the batch flipped (same BatchNorm batch statistics), and un-mixing must flip
+    the aux logits back."""
+    torch.manual_seed(0)
+    model = vitlab.create_model("volo_micro", num_classes=3, mix_token=True).train()
+    model._mix_tokens = lambda t: (t.flip(0), (0, 0, 4, 4))
+    x = torch.randn(3, 3, 64, 64)
+    mixed = model.forward_train(x)
+    model.mix_token = False
+    plain = model.forward_train(x)
+    torch.testing.assert_close(mixed.aux_logits, plain.aux_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.logits, plain.logits.flip(0), atol=1e-5, rtol=1e-5)
+
+
+def test_without_aux_head_forward_train_is_forward():
+    torch.manual_seed(0)
+    model = vitlab.create_model("volo_micro", num_classes=5, return_dense=False).train()
+    x = torch.randn(2, 3, 64, 64)
+    out = model.forward_train(x)
+    assert isinstance(out, TrainOutput) and out.aux_logits is None and out.mix_box is None
+    torch.testing.assert_close(out.logits, model(x))
+    assert model(x).shape == (2, 5)
 
 
 def test_forward_intermediates_match_feature_info(micro):
@@ -110,8 +167,8 @@ def test_grad_checkpointing_gives_identical_gradients():
 
     def grads():
         model.zero_grad()
-        cls, aux = model(x)
-        (cls.sum() + aux.sum()).backward()
+        out = model.forward_train(x)
+        (out.logits.sum() + out.aux_logits.sum()).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()

@@ -108,7 +108,7 @@ def compare_with_reference(model: torch.nn.Module, example: torch.Tensor, train:
     device, batch = example.device, example.shape[0]
     autocast = autocast_factory(device, amp_dtype)
 
-    def first(out):
+    def first(out):  # logits; a dense backbone returns a list of maps
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
 
     def with_path(fn, reference):

@@ -2,7 +2,8 @@
 
 Conventions (stated in every report):
 * images/s = batch / median wall time of ``iters`` timed iterations after ``warmup`` untimed ones;
-* a train step is forward + backward of a mean-of-outputs loss + an SGD update (compute only, no data loading);
+* a train step is the training forward (``forward_train`` where the model has one: aux heads and
+  MixToken included) + backward of a mean-of-outputs loss + an SGD update (compute only, no data loading);
 * peak memory is the process peak RSS during the timed region on CPU (Linux ``VmHWM`` after a reset),
   ``torch.cuda.max_memory_allocated`` on CUDA.
 """
@@ -81,6 +82,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _scalar_loss(out) -> torch.Tensor:
+    """Sum of the means of every tensor in ``out`` (a tensor, a TrainOutput or other tuple/list, a dict);
+    other leaves (None, a MixToken box) add nothing."""
     if isinstance(out, torch.Tensor):
         return out.float().mean()
     if isinstance(out, dict):
@@ -114,14 +117,27 @@ def inference_step(model: nn.Module, example: torch.Tensor, autocast):
     return infer
 
 
+def training_forward(model: nn.Module):
+    """The forward a training loss reads: ``model.forward_train`` (a TrainOutput) when the model has one,
+    else ``model`` itself. For a ``torch.compile``'d model its ``forward_train`` is compiled too (the
+    compiled module only compiles ``forward``)."""
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and callable(getattr(inner, "forward_train", None)):
+        return torch.compile(inner.forward_train)
+    train_fn = getattr(model, "forward_train", None)
+    return train_fn if callable(train_fn) else model
+
+
 def training_step(model: nn.Module, example: torch.Tensor, autocast):
-    """Forward, a scalar loss, backward and an SGD update (tiny LR), as a closure; puts ``model`` in train mode."""
+    """Training forward (:func:`training_forward`), a scalar loss, backward and an SGD update (tiny LR), as a
+    closure; puts ``model`` in train mode."""
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    forward = training_forward(model)
 
     def step():
         with autocast():
-            loss = _scalar_loss(model(example))
+            loss = _scalar_loss(forward(example))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -199,8 +199,6 @@ def multi_view_predict(model, x: torch.Tensor) -> torch.Tensor:
         return model(x)
     B, V = x.shape[:2]
     logits = model(x.flatten(0, 1))
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
     probs = logits.float().softmax(-1).view(B, V, -1).mean(1)
     return probs.clamp_min(1e-12).log()
 

@@ -1,13 +1,16 @@
 """Classification losses for single-head and token-labeling models.
 
-A model with an auxiliary token head (VOLO, token-labeling UniFormer) returns
-``(cls_logits, aux_logits[, mix_box])`` in training mode, ``aux_logits`` of shape (B, N, K).
-The loss is ``CE(cls_logits, y) + aux_weight * mean_tokens CE(aux_logits, y_dense)`` (token
+The loss reads :meth:`~vitlab.models.base.VitlabModel.forward_train`'s
+:class:`~vitlab.models.base.TrainOutput` ``(logits, aux_logits, mix_box)`` (or plain logits,
+e.g. ``model(x)``). A model with an auxiliary token head (VOLO, token-labeling UniFormer) gives
+class-head ``logits`` (B, K), not merged with the aux head, and ``aux_logits`` (B, N, K); light
+UniFormer gives its class-token logits as a one-token ``aux_logits`` (B, 1, K).
+The loss is ``CE(logits, y) + aux_weight * mean_tokens CE(aux_logits, y_dense)`` (token
 labeling, Jiang et al., arXiv 2104.10858, Eq. 3, with weight 0.5 as in VOLO's recipe). Without
 token-label maps, every token's dense target is the image's own (smoothed, mixed) label: the
-fallback that token labeling reduces to when no annotator is available. With MixToken the model
-has already un-mixed the aux logits, so the dense targets stay per image, while the class target
-is mixed by the kept area ``lam``.
+fallback that token labeling reduces to when no annotator is available. With MixToken
+(``mix_box`` set) the model has already un-mixed the aux logits, so the dense targets stay per
+image, while the class target is mixed by the kept area ``lam = 1 - box area / grid area``.
 """
 from __future__ import annotations
 
@@ -38,21 +41,39 @@ def dense_targets(maps: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 def classification_loss(output, target: torch.Tensor, aux_weight: float = 0.5,
                         token_maps: torch.Tensor | None = None) -> torch.Tensor:
-    """``output``: logits (B, K) or ``(cls, aux[, box])``; ``target``: soft (B, K) distributions."""
+    """Soft-target loss of a model output against ``target`` (B, K) distributions.
+
+    ``output`` is logits (B, K) or a :class:`~vitlab.models.base.TrainOutput` / tuple
+    ``(logits, aux_logits, mix_box)`` whose ``aux_logits`` and ``mix_box`` may be None (a 2-tuple
+    ``(logits, aux_logits)`` works too). ``token_maps`` (B, K, h, w) are token-label score maps
+    for the aux head; they need aux logits.
+    """
+    box = None
     if isinstance(output, torch.Tensor):
+        cls, aux = output, None
+    elif isinstance(output, (tuple, list)) and len(output) in (2, 3):
+        cls, aux = output[0], output[1]
+        box = output[2] if len(output) == 3 else None
+    else:
+        raise TypeError(f"model output must be logits (B, K) or a TrainOutput / (logits, aux_logits[, mix_box]) "
+                        f"tuple from model.forward_train(x), got {type(output).__name__}")
+    if not isinstance(cls, torch.Tensor) or cls.ndim != 2:
+        got = tuple(cls.shape) if isinstance(cls, torch.Tensor) else type(cls).__name__
+        raise ValueError(f"class logits must be (B, K), got {got}")
+    if aux is None:
         if token_maps is not None:
-            raise ValueError("token labels need a model with an auxiliary token head that returns "
-                             "(cls_logits, aux_logits) in training mode (e.g. VOLO with return_dense=True)")
-        return soft_cross_entropy(output, target)
-    if not isinstance(output, (tuple, list)) or len(output) not in (2, 3):
-        raise TypeError(f"model output must be logits or (cls_logits, aux_logits[, box]), got {type(output)}")
-    cls, aux = output[0], output[1]
-    if aux.ndim != 3:
-        raise ValueError(f"aux logits must be (B, N, K), got {tuple(aux.shape)}")
+            raise ValueError("token labels need a model with an auxiliary token head (e.g. VOLO with "
+                             "return_dense=True) and its model.forward_train(x) output, which carries aux_logits")
+        if box is not None:
+            raise ValueError("a MixToken box needs the aux logits it was un-mixed with (got aux_logits=None)")
+        return soft_cross_entropy(cls, target)
+    if not isinstance(aux, torch.Tensor) or aux.ndim != 3:
+        got = tuple(aux.shape) if isinstance(aux, torch.Tensor) else type(aux).__name__
+        raise ValueError(f"aux logits must be (B, N, K), got {got}")
     cls_target = target
-    if len(output) == 3:  # MixToken: the class token saw a mixed image
+    if box is not None:  # MixToken: the class token saw a mixed image
         side = int(round(aux.shape[1] ** 0.5))
-        lam = mix_token_lam(output[2], (side, side))
+        lam = mix_token_lam(box, (side, side))
         cls_target = target * lam + target.flip(0) * (1.0 - lam)
     dense = dense_targets(token_maps, aux.shape[1]) if token_maps is not None else target.unsqueeze(1)
     return soft_cross_entropy(cls, cls_target) + aux_weight * soft_cross_entropy(aux, dense)

@@ -2,10 +2,15 @@
 
 Subclasses implement ``forward_features``, ``forward_head``, ``forward_intermediates`` and
 ``reset_classifier``, and set ``num_features``, ``feature_info`` and ``pretrained_cfg``.
+
+Outputs, as in timm: ``forward(x)`` returns one logits tensor (B, K) in training and in eval mode
+(for token-labeling models the released merge ``head(cls) + 0.5 * max_tokens(aux_head(tokens))``);
+``forward_train(x)`` returns a :class:`TrainOutput` with everything a training loss reads
+(the class-token logits alone, the per-token aux logits, the MixToken box).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -21,6 +26,24 @@ def default_pretrained_cfg(img_size: int = 224, num_classes: int = 1000, crop_pc
             "crop_pct": crop_pct, "interpolation": interpolation, "num_classes": num_classes, **extra}
 
 
+class TrainOutput(NamedTuple):
+    """What :meth:`VitlabModel.forward_train` returns, read by :func:`vitlab.engine.losses.classification_loss`.
+
+    * ``logits``: class logits (B, K). For token-labeling models (VOLO, UniFormer with
+      ``return_dense=True``) the class head alone, *not* merged with the aux head (``forward``
+      returns the merged ones).
+    * ``aux_logits``: per-token logits (B, N, K) of an auxiliary head, row-major over the aux token
+      grid and aligned with each image's own tokens (after MixToken they are already un-mixed);
+      light UniFormer gives its class-token head here, (B, 1, K). None without an aux head.
+    * ``mix_box``: the MixToken box ``(y1, x1, y2, x2)`` (end-exclusive) on the aux token grid when
+      MixToken mixed this batch (image ``i`` shows image ``B - 1 - i`` inside the box), else None.
+    """
+
+    logits: torch.Tensor
+    aux_logits: torch.Tensor | None = None
+    mix_box: tuple[int, int, int, int] | None = None
+
+
 class VitlabModel(nn.Module):
     """Base class: shared API surface (grad checkpointing, weight-decay exclusions, saving)."""
 
@@ -34,13 +57,22 @@ class VitlabModel(nn.Module):
 
     # --- API ---------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features ``forward_head`` reads; each family's docstring gives the exact layout."""
         raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor):
+        """Logits (B, K), the same computation in training and eval mode (no MixToken)."""
         return self.forward_head(self.forward_features(x))
+
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """The outputs a training loss needs (see :class:`TrainOutput`); models with an aux head override it.
+
+        The default is ``TrainOutput(self(x))``: the plain logits, no aux logits, no MixToken box.
+        """
+        return TrainOutput(self(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
         raise NotImplementedError

@@ -5,6 +5,12 @@ backbone without its classifier, reads every map ``feature_info`` lists (fine ->
 decodes them (UperNet with an auxiliary FCN head on the second-deepest map, as in mmseg's
 configs). These are the decoders VOLO, Pale and Swin (UperNet) and UniFormer (Semantic FPN)
 report ADE20K results with.
+
+The segmentor's ``forward_features(img)`` is the backbone's ``forward_intermediates``: a list of
+NCHW maps (B, C_i, H / r_i, W / r_i), one per ``feature_info`` entry (channels C_i, reduction r_i,
+fine -> coarse). ``forward`` gives per-class probabilities (B, K, H, W) in eval mode and the decode
+head's pixel logits (B, K, H / r_0, W / r_0) at the finest map's resolution in training mode;
+``loss(img, label)`` is the training objective.
 """
 from __future__ import annotations
 

@@ -167,7 +167,8 @@ class PaleTransformer(VitlabModel):
         check_image_input(x, self.in_chans, "PaleTransformer")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final LayerNorm'd stride-32 map, NCHW (B, C, ceil(H/32), ceil(W/32))."""
+        """(B, C, ceil(H/32), ceil(W/32)) map of the last stage after the final LayerNorm, NCHW shape with
+        channels-last memory (stride ``stem_stride * merge_stride ** (len(depths) - 1)``: 32 for the defaults)."""
         self._check(x)
         for stage in self.stages:
             x = stage(x, self._run_blocks)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from vitlab.heads.atm_decoder import ATMHead
 from vitlab.heads.tpn import TPNATMHead
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
@@ -47,6 +49,12 @@ class SegViT(Segmentor):
                          test_cfg=test_cfg)
         self.pretrained_cfg = {**self.pretrained_cfg, "input_size": (3, head.image_size, head.image_size),
                                "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
+
+    def forward_features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """The ViT maps the decode head reads: a list, one per ``in_indices`` block (shallow -> deep), of
+        NCHW patch-token maps (B, C, H / patch_size, W / patch_size) (patch tokens only; the released
+        configs have no final norm); blocks from ``shrink_idx`` on give ceil(h / 2) x ceil(w / 2) maps."""
+        return super().forward_features(img)
 
     def checkpoint_filter(self, state_dict: dict, notes: list[str]) -> dict:
         """Drop the ATM loss buffers of mmseg checkpoints and convert the backbone's mmseg ViT layout."""

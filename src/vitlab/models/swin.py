@@ -249,7 +249,9 @@ class SwinTransformer(VitlabModel):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-LayerNorm tokens of the last stage, (B, N, C) (EsViT's region features)."""
+        """(B, N, C) tokens of the last stage after the final LayerNorm (EsViT's region features), no class
+        token: N = h * w row-major on the stride ``patch_size * 2 ** (num_layers - 1)`` grid (32 for the
+        released models; patch merging zero-pads odd sizes, so each halving rounds up)."""
         x = self.norm(self._stages(self._embed(x)))
         return x.flatten(1, 2)
 

@@ -9,8 +9,9 @@ Options beyond the plain classifier, each matching an official file:
 
 * ``token_labeling=True`` (``token_labeling/tlt/models/uniformer.py``): layer scale also in the
   convolutional blocks and, with ``return_dense=True``, an ``aux_head`` classifying every token.
-  Eval output ``head(mean) + 0.5 * max_tokens(aux_head(tokens))``; training output
-  ``(cls_logits, aux_logits)`` (+ the MixToken box with ``mix_token=True``).
+  ``forward`` returns ``head(mean) + 0.5 * max_tokens(aux_head(tokens))`` in training and eval
+  mode; ``forward_train`` the separate ``TrainOutput(logits, aux_logits)`` for the loss (+ the
+  MixToken box with ``mix_token=True`` in training mode).
 * ``layer_scale`` / ``init_value``: the official module-global flag as constructor arguments
   (the official global leaks into every model built later in the process; here it does not).
 * ``dense=True`` (the detection/segmentation backbone): no classifier, a LayerNorm after each
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from vitlab.layers import freeze_batch_norm
-from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
+from vitlab.models.base import TrainOutput, VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
 from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, ConvStemEmbed, PatchEmbed, check_stage_config,
@@ -184,12 +185,15 @@ class UniFormer(VitlabModel):
         return getattr(self, f"norm{s + 1}")(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final map (B, C, H/32, W/32) after the BatchNorm (dense: after ``norm4``)."""
+        """(B, C, H/32, W/32) map of the last stage after the final norm (the BatchNorm; dense: the
+        LayerNorm ``norm4``). Sizes not divisible by 32 round down (up with ``conv_stem``)."""
         self._check(x)
         x, _ = self._stages(x)
         return self._stage_norm(3, x) if self.dense else self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, K) from the :meth:`forward_features` map: ``head(mean)``, with an aux head
+        ``head(mean) + 0.5 * max_tokens(aux_head(tokens))`` (the same in training and eval mode)."""
         if self.dense:
             raise ValueError("a dense UniFormer backbone has no classification head; use forward_intermediates")
         pooled = x.flatten(2).mean(-1)
@@ -198,28 +202,45 @@ class UniFormer(VitlabModel):
         logits = self.head(pooled)
         if not self.return_dense:
             return logits
-        aux = self.aux_head(x.flatten(2).transpose(1, 2))
-        if not self.training:
-            return logits + 0.5 * aux.max(1).values
-        return logits, aux
+        return logits + 0.5 * self.aux_head(x.flatten(2).transpose(1, 2)).max(1).values
 
     def forward(self, x: torch.Tensor):
+        """Logits (B, K) in training and eval mode (no MixToken); a dense backbone returns its four maps."""
         if self.dense:
             return self.forward_intermediates(x)
-        if not (self.mix_token and self.training):
-            return self.forward_head(self.forward_features(x))
-        # MixToken (token labeling): swap a box of stride-4 tokens with the flipped batch, aligned to
-        # the stride-32 grid, then swap the aux predictions back so each token's target stays its own.
+        return self.forward_head(self.forward_features(x))
+
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """Outputs for the token-labeling loss: ``TrainOutput(head(mean), aux_head(tokens), box)``.
+
+        ``logits`` (B, K) is the pooled head alone; ``aux_logits`` (B, N, K) the aux head on the N
+        stride-32 tokens (row-major). With ``mix_token=True`` in training mode (MixToken) a box of
+        stride-4 tokens, aligned to the stride-32 grid, is swapped with the batch-flipped images'
+        after the first patch embedding; the aux logits are swapped back so each row's tokens are its
+        own image's, and ``mix_box`` is the box (y1, x1, y2, x2) on the stride-32 grid. Without an aux
+        head: ``TrainOutput(self(x))``.
+        """
+        if self.dense:
+            raise ValueError("a dense UniFormer backbone has no classification outputs to train; "
+                             "use forward_intermediates")
+        if not self.return_dense:
+            return TrainOutput(self(x))
         self._check(x)
-        scale = STAGE_REDUCTIONS[-1] // STAGE_REDUCTIONS[0]
-        h, w = x.shape[-2] // 32, x.shape[-1] // 32
-        lam = float(torch.distributions.Beta(1.0, 1.0).sample())
-        box = mix_token_box((h, w), lam)
-        x, _ = self._stages(x, mix_box=tuple(c * scale for c in box))
-        logits, aux = self.forward_head(self.norm(x))
-        aux = aux.transpose(1, 2).reshape(aux.shape[0], -1, h, w)
-        aux = _swap_box(aux, box).flatten(2).transpose(1, 2)
-        return logits, aux, box
+        box = mix_box = None
+        if self.mix_token and self.training:
+            scale = STAGE_REDUCTIONS[-1] // STAGE_REDUCTIONS[0]
+            h, w = x.shape[-2] // 32, x.shape[-1] // 32
+            lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+            box = mix_token_box((h, w), lam)
+            mix_box = tuple(c * scale for c in box)
+        x, _ = self._stages(x, mix_box=mix_box)
+        x = self.norm(x)
+        logits = self.head(x.flatten(2).mean(-1))
+        aux = self.aux_head(x.flatten(2).transpose(1, 2))
+        if box is not None:
+            aux = aux.transpose(1, 2).reshape(aux.shape[0], -1, *x.shape[-2:])
+            aux = _swap_box(aux, box).flatten(2).transpose(1, 2)
+        return TrainOutput(logits, aux, box)
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
         """NCHW stage outputs at strides 4, 8, 16, 32 (dense mode: after the per-stage LayerNorms)."""

@@ -8,11 +8,11 @@ runs attention + MLP on [cls, kept, representative], and adds the representative
 every dropped token ("fast update"). The last stage-3 block average-pools the scores for stage 4.
 
 The official code keeps the scores and token order in module globals (not re-entrant); here
-they travel in an explicit :class:`PruneState` through the forward pass. Eval output is
-``head(mean_tokens)``. Training output is ``(head(mean_tokens), head_cls(LN(cls_token)))`` with the
-class-token logits shaped (B, 1, K), i.e. a one-token auxiliary output, so the shared
-``(cls_logits, aux_logits)`` training loss applies (the official recipe averages the two losses:
-use an aux weight of 1).
+they travel in an explicit :class:`PruneState` through the forward pass. ``forward`` returns
+``head(mean_tokens)`` (B, K) in training and eval mode. ``forward_train`` returns
+``TrainOutput(head(mean_tokens), head_cls(LN(cls_token)))`` with the class-token logits shaped
+(B, 1, K), i.e. a one-token auxiliary output, so the shared token-labeling loss applies (the
+official recipe averages the two losses: use an aux weight of 1).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from vitlab.attention.relation import GlobalMHRA
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
+from vitlab.models.base import TrainOutput, VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
 from vitlab.models.uniformer_blocks import (ConvBlock, ConvStemEmbed, PatchEmbed, default_norm_layer,
@@ -242,19 +242,20 @@ class UniFormerLight(VitlabModel):
         return cls_token, x, feats
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """BatchNorm-ed final map (B, C, H/32, W/32)."""
+        """(B, C, H/32, W/32) map of the last stage's patch tokens after the final BatchNorm ``norm``
+        (the class token is not part of it). For sizes not divisible by 32 the convolutional stem
+        rounds its stride-4 grid up and each stride-2 patch embedding rounds down."""
         return self.norm(self._stages(x)[1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = x.flatten(2).mean(-1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor):
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """``TrainOutput(head(mean_tokens), head_cls(norm_cls(cls_token)))``: the logits (B, K) of
+        :meth:`forward` and the class-token logits as a one-token aux output (B, 1, K)."""
         cls_token, x, _ = self._stages(x)
-        logits = self.forward_head(self.norm(x))
-        if not self.training:
-            return logits
-        return logits, self.head_cls(self.norm_cls(cls_token))  # (B, 1, K)
+        return TrainOutput(self.forward_head(self.norm(x)), self.head_cls(self.norm_cls(cls_token)))
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
         take = feature_take_indices(4, indices)

@@ -171,7 +171,8 @@ class UniFormerVideo(VitlabModel):
         return x, feats
 
     def forward_features(self, x) -> torch.Tensor:
-        """BatchNorm-ed final map (B, C, T/2, H/32, W/32)."""
+        """(B, C, T', H', W') map of the last stage after the final BatchNorm3d: T' = ceil(T / 2) (only the
+        first patch embedding strides time), H' = H // 32, W' = W // 32."""
         x, _ = self._stages(self._clip(x))
         return self.norm(x)
 
@@ -180,7 +181,8 @@ class UniFormerVideo(VitlabModel):
         return pooled if pre_logits else self.head(pooled)
 
     def forward_intermediates(self, x, indices=None) -> list[torch.Tensor]:
-        """(B, C, T/2, H/s, W/s) stage outputs at spatial strides 4, 8, 16, 32."""
+        """(B, C, T', H // s, W // s) stage outputs (before the final norm) at spatial strides s = 4, 8, 16, 32,
+        T' = ceil(T / 2)."""
         take = feature_take_indices(4, indices)
         return self._stages(self._clip(x), set(take))[1]
 

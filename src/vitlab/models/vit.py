@@ -184,7 +184,10 @@ class VisionTransformer(VitlabModel):
         return x, feats
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block and the final norm: (B, prefix + N, C)."""
+        """(B, P + N, C) tokens after the last block and the final LayerNorm (none with ``final_norm=False``):
+        P = 1 class token first when the model keeps one (``class_token`` and ``with_cls_token``), else 0,
+        then N = h * w patch tokens row-major, h = H / patch_size, w = W / patch_size (ceil(h / 2) x
+        ceil(w / 2) after query downsampling at ``shrink_idx``)."""
         return self._run(x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -4,7 +4,9 @@ Stage 1 encodes fine-grained 1/8-resolution tokens with Outlookers (outlook atte
 a 2x2 stride-2 convolution downsamples to 1/16, an NHWC absolute position embedding is added,
 and plain transformer blocks aggregate globally; two CaiT class-attention blocks read out the
 class token. With token labeling (``return_dense=True``) an auxiliary head classifies every
-token, and the released models' eval output is ``head(cls) + 0.5 * max_tokens(aux_head(tokens))``.
+token; ``forward`` returns the released models' output ``head(cls) + 0.5 * max_tokens(aux_head(tokens))``
+in every mode, and ``forward_train`` the separate class and token logits for the loss (with
+MixToken when ``mix_token=True`` and training).
 
 Tokens are NHWC (B, H, W, C) inside the network. Parameter names follow the official code, so
 official ``.pth.tar`` checkpoints load with ``strict=True``.
@@ -20,7 +22,7 @@ from vitlab.attention.class_attention import ClassAttention
 from vitlab.attention.global_ import Attention
 from vitlab.attention.outlook import OutlookAttention
 from vitlab.layers import DropPath, Mlp, resize_pos_embed_nhwc, trunc_normal_, init_weights_trunc_normal
-from vitlab.models.base import VitlabModel, check_image_input, default_pretrained_cfg
+from vitlab.models.base import TrainOutput, VitlabModel, check_image_input, default_pretrained_cfg
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
 
@@ -117,7 +119,7 @@ class Downsample(nn.Module):
 def mix_token_box(grid_hw: tuple[int, int], lam: float, scale: int, generator: torch.Generator | None = None):
     """Random box (on the grid downsampled by ``scale``) covering ~(1-lam) of it, as in token labeling's MixToken.
 
-    Returns (bbx1, bby1, bbx2, bby2) along (H, W) of the coarse grid.
+    Returns (y1, x1, y2, x2), end-exclusive, on the coarse (H // scale, W // scale) grid.
     """
     H, W = grid_hw[0] // scale, grid_hw[1] // scale
     cut = math.sqrt(1.0 - lam)
@@ -133,8 +135,10 @@ class VOLO(VitlabModel):
 
     ``layers``/``embed_dims``/``num_heads``/``mlp_ratios``/``downsamples``/``outlook_attention`` give
     one entry per block group; ``post_layers=['ca', 'ca']`` adds the class-attention blocks.
-    ``return_dense`` adds the token-labeling ``aux_head``; in training mode the model then returns
-    ``(cls_logits, aux_logits)`` (plus the MixToken box with ``mix_token=True``).
+    ``return_dense`` adds the token-labeling ``aux_head``: ``forward`` then returns
+    ``head(cls) + 0.5 * max_tokens(aux_head(tokens))`` (B, K) in training and eval mode alike, and
+    :meth:`forward_train` a :class:`~vitlab.models.base.TrainOutput` with the class logits, the
+    aux logits (B, N, K) and, with ``mix_token=True`` in training mode, the MixToken box.
     ``dynamic_img_size=True`` interpolates the position embedding for inputs of another size;
     otherwise such inputs raise an error naming the size the model was built for.
     """
@@ -279,10 +283,15 @@ class VOLO(VitlabModel):
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens (B, 1 + N, C): class token first (no class token without ``post_layers``)."""
+        """(B, 1 + N, C) normalised tokens (after the final norm), class token first, then the N = h * w
+        tokens of the last block group's grid in row-major order: stride ``patch_size`` after the stem,
+        x2 per ``downsamples`` entry, so h = H / 16, w = W / 16 for the released models. Without
+        ``post_layers`` there is no class token: (B, N, C)."""
         return self._tokens(self._embed(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, K) from :meth:`forward_features` tokens; with the aux head merged as
+        ``head(cls) + 0.5 * max_tokens(aux_head(tokens))`` (the same in training and eval mode)."""
         if self.return_mean:
             x = x.mean(1)
             return x if pre_logits else self.head(x)
@@ -291,24 +300,34 @@ class VOLO(VitlabModel):
         x_cls = self.head(x[:, 0])
         if not self.return_dense:
             return x_cls
-        x_aux = self.aux_head(x[:, 1:])
-        if not self.training:
-            return x_cls + 0.5 * x_aux.max(1).values
-        return x_cls, x_aux
+        return x_cls + 0.5 * self.aux_head(x[:, 1:]).max(1).values
 
-    def forward(self, x: torch.Tensor):
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """Outputs for the token-labeling loss: ``TrainOutput(head(cls), aux_head(tokens), box)``.
+
+        ``logits`` (B, K) is the class head alone; ``aux_logits`` (B, N, K) the aux head on the N
+        patch tokens. With ``mix_token=True`` in training mode a random box of the token grid is
+        swapped with the batch-flipped images' tokens (MixToken) before the transformer stages, the
+        aux logits are swapped back so each row's tokens are its own image's, and ``mix_box``
+        is that box (y1, x1, y2, x2) on the aux token grid. Without an aux head: ``TrainOutput(self(x))``.
+        """
+        if not self.return_dense or self.return_mean:
+            return TrainOutput(self(x))
         x = self._embed(x)
-        if not (self.mix_token and self.training):
-            return self.forward_head(self._tokens(x))
-        x, box = self._mix_tokens(x)
-        h, w = x.shape[1] // self.pooling_scale, x.shape[2] // self.pooling_scale
-        x_cls, x_aux = self.forward_head(self._tokens(x))
-        # undo the mix on the aux predictions so each token's logits align with its own image
-        x_aux = x_aux.reshape(x_aux.shape[0], h, w, -1)
-        y1, x1, y2, x2 = box
-        unmixed = x_aux.clone()
-        unmixed[:, y1:y2, x1:x2] = x_aux.flip(0)[:, y1:y2, x1:x2]
-        return x_cls, unmixed.reshape(x_aux.shape[0], h * w, -1), box
+        box = None
+        if self.mix_token and self.training:
+            x, box = self._mix_tokens(x)
+        tokens = self._tokens(x)
+        x_cls, x_aux = self.head(tokens[:, 0]), self.aux_head(tokens[:, 1:])
+        if box is not None:
+            # undo the mix on the aux predictions so each token's logits align with its own image
+            h, w = x.shape[1] // self.pooling_scale, x.shape[2] // self.pooling_scale
+            x_aux = x_aux.reshape(x_aux.shape[0], h, w, -1)
+            y1, x1, y2, x2 = box
+            unmixed = x_aux.clone()
+            unmixed[:, y1:y2, x1:x2] = x_aux.flip(0)[:, y1:y2, x1:x2]
+            x_aux = unmixed.reshape(x_aux.shape[0], h * w, -1)
+        return TrainOutput(x_cls, x_aux, box)
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
         """NCHW outputs of the block groups (stride 8 for the outlooker group, 16 after it)."""
