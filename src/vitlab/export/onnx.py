@@ -2,9 +2,19 @@
 target opset cannot express an operator.
 
 Opset 18 and later go through the ``torch.export``-based exporter. Opset 17 is first tried the
-same way (it converts down from 18); where the converter cannot reach 17, the TorchScript-based
-exporter writes opset 17 directly, and an operator that opset 17 lacks (``aten::col2im``, i.e.
+same way (it converts down from 18); where the converter cannot reach 17 (ONNX has no 18 -> 17
+adapter for ``Pad``, so any model using ``F.pad`` stays at 18), the TorchScript-based exporter
+writes opset 17 directly, and an operator that opset 17 lacks (``aten::col2im``, i.e.
 ``F.fold``) is named in the error.
+
+The TorchScript-based exporter translates ``//`` on traced sizes (``aten::floor_divide``) into a
+truncating integer ``Div``, so ``-(-n // k)`` (a ceiling) comes out as a floor: a Pale stage
+smaller than its pale size got 0 groups and an unrunnable ``Reshape``. Here ``//`` is exported
+with PyTorch's rounding (towards minus infinity) instead.
+
+Files are written to a temporary file next to the target and renamed onto it only once the
+exporter finished, so a failed export never leaves a file behind (see
+:func:`vitlab.export.verify.export_and_verify` for the variant that also checks the file first).
 """
 from __future__ import annotations
 
@@ -23,13 +33,19 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vitlab.checkpoints.atomic import atomic_path
+from vitlab.errors import VitlabError
+
 MIN_OPSET, MAX_OPSET = 17, 23
 # PyTorch functions behind aten operators that users meet in error messages
 FRIENDLY_OP_NAMES = {"col2im": "F.fold", "im2col": "F.unfold", "roll": "torch.roll",
-                     "_scaled_dot_product_flash_attention": "F.scaled_dot_product_attention"}
+                     "_scaled_dot_product_flash_attention": "F.scaled_dot_product_attention",
+                     "scaled_dot_product_attention": "F.scaled_dot_product_attention",
+                     "view": "Tensor.view/reshape", "_unsafe_view": "Tensor.reshape", "reshape": "Tensor.reshape",
+                     "constant_pad_nd": "F.pad", "floor_divide": "//", "floordiv": "//", "unfold": "Tensor.unfold"}
 
 
-class ExportError(RuntimeError):
+class ExportError(VitlabError, RuntimeError):
     """A model could not be written in (or verified against) the requested format; the message says why."""
 
 
@@ -92,6 +108,13 @@ def onnx_op_types(path: str | Path) -> Counter:
     return counts
 
 
+def default_permissions(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 less the umask): temporary files start as 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress prints, deprecation warnings and 'torchvision not installed' logs."""
@@ -139,10 +162,33 @@ def _export_dynamo(model, inputs, path, opset, dynamic_batch, names_in, names_ou
     program.save(str(path))
 
 
+@contextlib.contextmanager
+def _floor_division_as_in_pytorch(opset: int):
+    """Export ``aten::floor_divide`` / ``aten::floordiv`` rounding towards minus infinity, as PyTorch does.
+
+    The TorchScript-based exporter's own translation truncates towards zero (a leftover of an old
+    PyTorch behaviour), which turns ``-(-n // k)`` into ``floor(n / k)`` on traced sizes.
+    """
+    try:
+        from torch.onnx._internal.torchscript_exporter.symbolic_opset9 import _floor_divide
+    except ImportError:  # another PyTorch layout: keep the exporter's own translation
+        yield
+        return
+    names = ("aten::floor_divide", "aten::floordiv")
+    for name in names:
+        torch.onnx.register_custom_op_symbolic(name, _floor_divide, opset)
+    try:
+        yield
+    finally:
+        for name in names:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
 def _export_torchscript_based(model, inputs, path, opset, dynamic_batch, names_in, names_out):
     axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic_batch else None
-    torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset, input_names=names_in,
-                      output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
+    with _floor_division_as_in_pytorch(opset):
+        torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset, input_names=names_in,
+                          output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
 
 
 def python_functions_in_trace(model: nn.Module, inputs: tuple) -> list[str]:
@@ -165,6 +211,14 @@ def _failure(model, opset: int, err: BaseException, inputs: tuple | None = None)
                            f"({', '.join(functions)}, a Python autograd.Function) has no opset-{opset} export; "
                            f"use --opset 18 (exports through torch.export)")
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # the TorchScript-based exporter's own refusals: "Unsupported: ONNX export of operator Unfold, <why>. Please ..."
+    refused = re.search(r"ONNX export of operator (\w+)", first_line)
+    if refused and not ops:
+        said = re.split(r"\s+(?:Please feel free|\[Caused by)", first_line)[0].rstrip(". ")
+        hint = " (try --opset 18)" if opset < 18 else ""
+        return ExportError(f"ONNX opset {opset} cannot express {name}: operator "
+                           f"{describe_operator(refused.group(1).lower())} failed to export{hint}. "
+                           f"Exporter said: {said[:400]}")
     if ops:
         which = ", ".join(describe_operator(o) for o in ops[:3])
         hint = " (try --opset 18)" if opset < 18 else ""
@@ -182,33 +236,35 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, opset: int = 
 
     ``inputs`` is the tuple of example tensors (use a batch of 2 or more when ``dynamic_batch``:
     a batch of 1 would be specialised). Raises :class:`ExportError` naming the operator that
-    the opset cannot express.
+    the opset cannot express; ``path`` is then left as it was. The file is not run here: use
+    :func:`vitlab.export.verify.export_and_verify` to have it checked in onnxruntime before it
+    appears at ``path``.
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     if dynamic_batch and inputs[0].shape[0] < 2:
         raise ValueError("a dynamic-batch export needs example inputs with a batch of 2 or more")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             names_out = output_names(model(*inputs))
         names_in = input_names(inputs)
-        try:
-            with _quiet():
-                _export_dynamo(model, inputs, path, max(opset, 18), dynamic_batch, names_in, names_out, optimize)
-        except Exception as e:  # noqa: BLE001 - re-raised with the operator named
-            raise _failure(model, opset, e) from e
-        if opset < 18 and onnx_opset(path) != opset:
-            # the down-converter gave up (it keeps 18); write opset 17 with the TorchScript-based exporter
+        with atomic_path(path) as tmp:
             try:
-                with _quiet(), _silence_native_output():
-                    _export_torchscript_based(model, inputs, path, opset, dynamic_batch, names_in, names_out)
-            except Exception as e:  # noqa: BLE001
-                path.unlink(missing_ok=True)
-                raise _failure(model, opset, e, inputs) from e
+                with _quiet():
+                    _export_dynamo(model, inputs, tmp, max(opset, 18), dynamic_batch, names_in, names_out, optimize)
+            except Exception as e:  # noqa: BLE001 - re-raised with the operator named
+                raise _failure(model, opset, e) from e
+            if opset < 18 and onnx_opset(tmp) != opset:
+                # the down-converter gave up (it keeps 18); write opset 17 with the TorchScript-based exporter
+                try:
+                    with _quiet(), _silence_native_output():
+                        _export_torchscript_based(model, inputs, tmp, opset, dynamic_batch, names_in, names_out)
+                except Exception as e:  # noqa: BLE001
+                    raise _failure(model, opset, e, inputs) from e
+            default_permissions(tmp)
     finally:
         model.train(was_training)
     return path

@@ -2,6 +2,8 @@
 
 Tracing records the operators run on the example input; Python control flow is frozen to the
 path taken, which is what an eval-mode vitlab model needs. Failures name the operator involved.
+The file is written to a temporary file next to the target and renamed onto it once saved, so a
+failed export leaves no file behind.
 """
 from __future__ import annotations
 
@@ -12,20 +14,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .onnx import ExportError, describe_operator, operators_in_error
+from vitlab.checkpoints.atomic import atomic_path
+from vitlab.errors import VitlabError
+
+from .onnx import ExportError, default_permissions, describe_operator, operators_in_error
 
 
 def export_torchscript(model: nn.Module, inputs: tuple, path: str | Path) -> Path:
     """Trace ``model`` (in eval mode) on ``inputs`` and save the TorchScript module to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
-            traced.save(str(path))
+            with atomic_path(path) as tmp:
+                traced.save(str(tmp))
+                default_permissions(tmp)
+    except VitlabError:  # a file that cannot be written says so itself
+        raise
     except Exception as e:  # noqa: BLE001 - re-raised with the operator named
         name = getattr(model, "model_name", type(model).__name__)
         function = re.search(r"Python function call '(\w+)'", str(e))
