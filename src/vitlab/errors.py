@@ -25,6 +25,10 @@ class DataError(VitlabError, ValueError):
     """A dataset is missing, empty or malformed; the message names the file or folder."""
 
 
+class WriteError(VitlabError, OSError):
+    """A file could not be written (full disk, read-only folder, no permission); the previous file is kept."""
+
+
 class TrainingDiverged(VitlabError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

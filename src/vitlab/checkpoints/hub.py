@@ -45,10 +45,13 @@ def split_tied(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return unique, tied
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, label_names: list[str] | None = None) -> Path:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, label_names: list[str] | None = None,
+                    dataset: dict | None = None) -> Path:
     """Write a model folder that :func:`from_pretrained` (and ``vitlab eval/export``) can rebuild alone.
 
-    ``label_names`` default to ``model.label_names`` when the model carries them.
+    ``label_names`` default to ``model.label_names`` when the model carries them. ``dataset`` records how
+    the training data was read (e.g. a segmentation set's ``reduce_zero_label``); it comes back as
+    ``model.dataset_info``.
     """
     name = getattr(model, "model_name", None)
     if name is None:
@@ -72,6 +75,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, label_names:
         "num_features": getattr(model, "num_features", None),
         "preprocessing": {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg},
         "label_names": list(label_names) if label_names is not None else None,
+        "dataset": dict(dataset if dataset is not None else getattr(model, "dataset_info", None) or {}),
         "tied_weights": tied,
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,7 @@ def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
         model.pretrained_cfg = {**model.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in pre.items()}}
     model.label_names = config.get("label_names")
+    model.dataset_info = config.get("dataset") or {}
     return model.eval()
 
 
@@ -152,6 +157,8 @@ def load_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = N
     from vitlab.models.registry import create_model
     from .load import load_checkpoint
     path = Path(spec)
+    if not path.is_dir() and (os.sep in str(spec) or str(spec).startswith(".")):
+        raise FileNotFoundError(f"{spec} does not exist (expected a model name, a model folder or a run folder)")
     model = from_pretrained(path, **overrides) if path.is_dir() else create_model(str(spec), **overrides)
     if checkpoint:
         load_checkpoint(model, checkpoint, strict=True)

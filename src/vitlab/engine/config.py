@@ -1,18 +1,28 @@
-"""Run configuration: defaults, YAML files and command-line overrides.
+"""Run configuration: one nested YAML dict, built in layers and checked against the task's typed sections.
 
-A configuration is a nested dict with the sections below. ``vitlab train --config FILE`` reads a
-YAML file holding any subset of them; explicit flags (``--epochs 5``) and ``--set a.b=value``
-(value parsed as YAML) override it. The merged result is written to ``config.yaml`` in the run
-folder and is enough to repeat the run (``vitlab train --config runs/x/config.yaml``).
+Layers, later ones win: the sections' defaults (:mod:`vitlab.engine.schema`) <- the task's defaults
+<- presets (``--preset``: YAML files in ``configs/``) <- the recipe file (``--config``) <- the flags
+given on the command line <- ``--set section.key=value`` (the value parsed as YAML). A flag that is
+not given leaves the value below it alone, so an explicit value always beats a preset, even when it
+equals a default. Every key is checked: an unknown key names the layer it came from and the known
+keys; a value of the wrong type names the key and the type expected. The merged result is written to
+the run folder's ``config.yaml`` and repeats the run (``--config runs/x/config.yaml``).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vitlab.errors import ConfigError
+
+from .schema import Field, check_value
+
+Sections = dict[str, dict[str, Field]]
 
 
 class _Loader(yaml.SafeLoader):
@@ -26,120 +36,166 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-DEFAULTS: dict[str, Any] = {
-    "task": "classification",
-    "model": {
-        "name": "volo_micro",       # a variant or family name (vitlab models --families)
-        "kwargs": {},               # passed to create_model (img_size, layers, patch_size, ...)
-        "pretrained": None,         # a local checkpoint or model folder to start from
-        "drop_path": None,          # drop_path_rate override
-        "grad_checkpointing": False,
-        "channels_last": False,
-        "compile": False,           # torch.compile the model
-        "sync_bn": True,            # SyncBatchNorm under DDP on GPUs (CUDA only; CPU ranks keep per-process statistics)
-        "freeze_bn": False,         # replace BatchNorm by frozen (running-statistics) BatchNorm
-    },
-    "data": {
-        "name": "animal-mnist",     # registered name, name:PATH, or an image-folder path
-        "root": None,
-        "img_size": None,           # default: the model's pretrained_cfg input size
-        "batch_size": 64,           # per process; global batch = batch_size * world_size * accum_steps
-        "eval_batch_size": 256,
-        "workers": 0,
-        "options": {},              # passed to the dataset builder (held_out, val_fraction, split_seed, ...)
-    },
-    "aug": {
-        "scale": [0.08, 1.0], "ratio": [0.75, 1.3333333], "hflip": 0.5, "color_jitter": 0.0,
-        "auto_augment": None,       # e.g. rand-m9-mstd0.5-inc1
-        "reprob": 0.0, "remode": "pixel", "recount": 1, "interpolation": "bicubic",
-        "crop_pct": None,           # eval crop; default: the model's pretrained_cfg
-        "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0, "switch_prob": 0.5,
-        "smoothing": 0.1,
-        "mix_token": False,         # VOLO/UniFormer MixToken (needs a model with an aux head)
-        "token_labels": None,       # file with per-image dense score maps (N, K, h, w)
-    },
-    "loss": {
-        "aux_weight": 0.5,          # weight of the dense aux-head loss (token labeling)
-    },
-    "optim": {
-        "name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8,
-        "layer_decay": None,        # e.g. 0.75: layer-wise LR decay
-        "clip_grad": None,          # max gradient norm
-        "accum_steps": 1,
-    },
-    "sched": {
-        "epochs": 10, "warmup_epochs": 1.0, "warmup_lr": 1e-6, "min_lr": 1e-5,
-        "max_steps": None,          # stop after this many optimizer steps (smoke tests)
-    },
-    "ema": {"enabled": False, "decay": 0.9998, "warmup": True},
-    "amp": {"dtype": None},         # null | bf16 | fp16
-    "run": {
-        "output": None,             # default runs/<model>-<data>-<time>
-        "seed": 0, "device": "auto", "threads": None,
-        "log_every": 50,            # optimizer steps between log lines
-        "checkpoint_every": 0,      # optimizer steps between mid-epoch 'last' checkpoints (0: epoch ends only)
-        "eval_every": 1,            # epochs
-        "progress": "auto",         # auto (a bar on a terminal) | bar | log
-        "plots": True,
-        "detect_anomaly": False,
-    },
-}
+def yaml_load(text: str, source: str = "<text>"):
+    """Parse YAML (``3e-4`` is a float); a syntax error names ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start is not None and start is not mark:
+            problem += f"; {context} that starts at line {start.line + 1}"
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
 
 
-def deep_merge(base: dict, override: dict, path: str = "", free: bool = False) -> dict:
-    """Merge ``override`` into a copy of ``base``; unknown keys are errors except in free-form sections."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        where = f"{path}{key}"
-        sub_free = free or where in FREE_SECTIONS
-        if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = deep_merge(out[key], value, where + ".", sub_free)
-        elif key in out or free:
-            out[key] = copy.deepcopy(value)
-        else:
-            known = ", ".join(sorted(out))
-            raise ValueError(f"unknown config key {where!r}; known keys here: {known}")
-    return out
-
-
-FREE_SECTIONS = {"model.kwargs", "data.options"}
+def load_yaml(path: str | Path) -> dict:
+    """A YAML file holding a mapping of config sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (YAML) file") from None
+    data = yaml_load(text, str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections (model:, data:, ...), got "
+                          f"{type(data).__name__}")
+    return data
 
 
 def parse_set(items: list[str] | None) -> dict:
     """``["optim.lr=3e-4", "model.kwargs.img_size=32"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects key.path=value, got {item!r}")
-        key, raw = item.split("=", 1)
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} was already given a value")
+        node[parts[-1]] = yaml_load(raw, f"--set {item}")
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
-    return data
+def defaults_of(sections: Sections) -> dict:
+    return {name: {k: copy.deepcopy(f.default) for k, f in fields.items()} for name, fields in sections.items()}
 
 
-def build_config(file: str | Path | None = None, overrides: dict | None = None, base: dict | None = None) -> dict:
-    """DEFAULTS <- ``base`` (task defaults) <- YAML file <- overrides."""
-    cfg = deep_merge(DEFAULTS, base or {})
-    if file:
-        cfg = deep_merge(cfg, load_yaml(file))
-    return deep_merge(cfg, overrides or {})
+def _unknown(path: str, key: str, known, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {path + key!r} in {source}{hint}; known keys here: "
+                       f"{', '.join(sorted(known))}")
+
+
+def merge_layer(cfg: dict, layer: dict, sections: Sections, source: str) -> dict:
+    """``layer`` merged over ``cfg``; keys outside ``sections`` are refused naming ``source``."""
+    out = copy.deepcopy(cfg)
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{source}: expected a mapping of config sections, got {type(layer).__name__}")
+    for name, values in layer.items():
+        if name == "task":
+            out["task"] = values
+            continue
+        if name not in sections:
+            raise _unknown("", name, [*sections, "task"], source)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            field = sections[name].get(key)
+            if field is None:
+                raise _unknown(f"{name}.", key, sections[name], source)
+            if field.kind == "dict" and isinstance(value, dict) and isinstance(out[name].get(key), dict):
+                out[name][key] = _deep_update(out[name][key], value)
+            else:
+                out[name][key] = copy.deepcopy(value)
+    return out
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def validate(cfg: dict, sections: Sections) -> dict:
+    """Every value checked (and converted) against its field."""
+    out = {"task": cfg.get("task")}
+    for name, fields in sections.items():
+        out[name] = {key: check_value(cfg[name][key], field, f"{name}.{key}") for key, field in fields.items()}
+    return out
+
+
+def compose(sections: Sections, layers: list[tuple[str, dict]]) -> dict:
+    """Defaults <- each ``(source, layer)`` in order, then type-checked."""
+    cfg = defaults_of(sections)
+    for source, layer in layers:
+        cfg = merge_layer(cfg, layer or {}, sections, source)
+    return validate(cfg, sections)
 
 
 def dump_yaml(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- presets: YAML files in configs/ --------------------------------------------------------------
+
+def configs_root() -> Path:
+    """The ``configs/`` folder: the source checkout's, or the copy installed inside the package."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[3] / "configs"
+    if checkout.is_dir() and (here.parents[3] / "pyproject.toml").is_file():
+        return checkout
+    from importlib import resources
+    return Path(str(resources.files("vitlab.configs")))
+
+
+def preset_path(name: str, task: str | None = None) -> Path:
+    """``--preset NAME``: a YAML path, or ``configs/NAME.yaml``, or ``configs/<task>/NAME.yaml``."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    root = configs_root()
+    for candidate in (root / f"{name}.yaml", root / str(task) / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+    raise ConfigError(f"unknown preset {name!r}; presets in {root}: {', '.join(known) or 'none'}")
+
+
+def presets(task: str | None = None) -> list[str]:
+    """Names of the presets of ``task`` (files in ``configs/<task>/``), or of all of them."""
+    root = configs_root()
+    folder = root / task if task else root
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")) \
+        if folder.is_dir() else []
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def put(tree: dict, dotted: str, value) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating the mappings on the way."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value

@@ -1,45 +1,32 @@
 """Classification evaluation: top-1/top-5, loss, per-class accuracy, confusion matrix, images/s.
 
-Works on one process or under DDP (each rank evaluates a shard; counts are summed across ranks).
-``predict(model, inputs) -> logits`` can replace ``model(inputs)`` (e.g. averaging clip views).
+Works on one process or under torchrun (each rank evaluates its shard; counts are summed over the
+ranks). ``predict(model, inputs) -> logits`` can replace ``model(inputs)`` (e.g. averaging the
+views of a clip). Unreadable files are counted and named.
 """
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distributed import DistInfo, all_reduce_sum
-
-
-def autocast(device: torch.device, dtype: str | None):
-    if not dtype:
-        return nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-
-
-def merged_logits(output) -> torch.Tensor:
-    """Eval-mode logits; a (cls, aux) tuple is merged as VOLO does: cls + 0.5 * max over tokens of aux."""
-    if isinstance(output, (tuple, list)):
-        return output[0] + 0.5 * output[1].max(1).values
-    return output
+from .distributed import DistInfo, all_gather_object, all_reduce_sum
+from .runtime import autocast
 
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, device: torch.device, predict=None, amp_dtype: str | None = None,
-             dist_info: DistInfo | None = None, progress=None) -> dict:
+             dist_info: DistInfo | None = None) -> dict:
     dist_info = dist_info or DistInfo()
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    stats = torch.zeros(5, dtype=torch.float64)  # loss_sum, top1, top5, count, skipped
-    seconds = 0.0
-    for batch in loader:
-        x, y, skipped = batch if len(batch) == 3 else (*batch, 0)
-        stats[4] += skipped
+    stats = torch.zeros(4, dtype=torch.float64)  # loss_sum, top1, top5, count
+    seconds, skipped = 0.0, []
+    for x, y, names in loader:
+        skipped += names
         if x is None:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device)
@@ -48,7 +35,7 @@ def evaluate(model, loader, num_classes: int, device: torch.device, predict=None
                              f"found {int(y.min())}..{int(y.max())}")
         t0 = time.perf_counter()
         with autocast(device, amp_dtype):
-            logits = merged_logits(predict(model, x) if predict else model(x)).float()
+            logits = (predict(model, x) if predict else model(x)).float()
         seconds += time.perf_counter() - t0
         stats[0] += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, num_classes), dim=1).indices
@@ -57,18 +44,17 @@ def evaluate(model, loader, num_classes: int, device: torch.device, predict=None
         stats[3] += y.numel()
         confusion += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(),
                                     minlength=num_classes ** 2).view(num_classes, num_classes).double()
-        if progress is not None:
-            progress.update(1)
     all_reduce_sum(stats, dist_info)
     all_reduce_sum(confusion, dist_info)
     time_t = all_reduce_sum(torch.tensor([seconds], dtype=torch.float64), dist_info)
+    skipped = [n for part in all_gather_object(skipped, dist_info) for n in part]
     model.train(was_training)
     n = max(stats[3].item(), 1)
     cm = confusion.numpy().astype(np.int64)
     per_class = np.divide(np.diag(cm), np.maximum(cm.sum(1), 1)) * 100
     return {
         "top1": 100.0 * stats[1].item() / n, "top5": 100.0 * stats[2].item() / n, "loss": stats[0].item() / n,
-        "count": int(stats[3].item()), "skipped": int(stats[4].item()),
+        "count": int(stats[3].item()), "skipped": len(skipped), "skipped_files": skipped,
         "images_per_s": stats[3].item() / max(time_t.item() / dist_info.world_size, 1e-9),
         "per_class": [round(float(a), 3) for a in per_class], "confusion": cm.tolist(),
     }

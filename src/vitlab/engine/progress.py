@@ -1,4 +1,9 @@
-"""Progress reporting: a tqdm bar (throughput, ETA, loss) on a terminal, plain log lines otherwise."""
+"""Progress reporting: a tqdm bar (throughput, ETA, loss) on a terminal, plain log lines when piped.
+
+A bar is drawn only when stderr is a terminal (``run.progress: auto``) or when asked for (``bar``),
+so a log file never fills with carriage-return redraws; ``log`` prints one line every
+``run.log_every`` steps instead. Messages go through :meth:`Progress.write` so they do not tear a bar.
+"""
 from __future__ import annotations
 
 import sys
@@ -35,6 +40,15 @@ class Progress:
         eta = (total_steps - record["step"]) / max(rate, 1e-9)
         print(f"epoch {record['epoch']} step {record['step']}/{total_steps} loss {record['loss']:.4f} "
               f"lr {record['lr']:.2e} {record['images_per_s']:.0f} img/s eta {eta / 60:.1f} min", flush=True)
+
+    def write(self, message: str) -> None:
+        """Print a message without breaking the bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

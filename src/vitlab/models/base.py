@@ -97,10 +97,10 @@ class VitlabModel(nn.Module):
     def default_cfg(self) -> dict[str, Any]:  # timm's older name
         return self.pretrained_cfg
 
-    def save_pretrained(self, directory, label_names: list[str] | None = None) -> None:
+    def save_pretrained(self, directory, label_names: list[str] | None = None, dataset: dict | None = None) -> None:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (see :mod:`vitlab.checkpoints.hub`)."""
         from vitlab.checkpoints.hub import save_pretrained
-        save_pretrained(self, directory, label_names=label_names)
+        save_pretrained(self, directory, label_names=label_names, dataset=dataset)
 
     # --- helpers for subclasses -----------------------------------------------------------------
     def _run_blocks(self, blocks, x: torch.Tensor) -> torch.Tensor:
