@@ -1,4 +1,5 @@
-"""Registers the datasets ``vitlab train/eval`` know by name: ``animal-mnist``, ``digits`` and ``folder``.
+"""The image datasets known by name (see :data:`vitlab.data.registry.BUILTIN_DATASETS`): ``animal-mnist``,
+``digits``, ``folder`` and ``images``.
 
 * ``animal-mnist`` / ``digits``: the built-in arrays of :mod:`vitlab.data.builtin`, split with
   :func:`~vitlab.data.builtin.clean_split` (``data.held_out`` images, exact duplicates on one
@@ -22,6 +23,8 @@
   ``train`` / ``val`` count as split folders only when they hold sub-folders and no images of
   their own; a class that happens to be called ``val`` stays a class.
   ``info["val_source"]`` says which rule chose the evaluation set.
+* ``images``: ``--data images:PATH``, every image file under PATH without labels (self-supervised
+  pretraining): the training set only.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ from vitlab.errors import DataError
 
 from .builtin import BUILTIN_LOADERS, clean_split, stratified_limit
 from .datasets import ArrayDataset
-from .folder import IMAGE_EXTENSIONS, ImageFolder, find_classes, scan_images
-from .registry import DataRequest, DatasetBundle, register_dataset
+from .folder import IMAGE_EXTENSIONS, ImageFolder, UnlabelledImageFolder, find_classes, scan_images
+from .registry import DataRequest, DatasetBundle
 
 CLASS_NAMES = {
     "animal-mnist": ["class_%d" % i for i in range(10)],
@@ -137,6 +140,14 @@ def build_folder(req: DataRequest) -> DatasetBundle:
     return DatasetBundle(train=train, val=val, class_names=classes, input_kind="image", info=info)
 
 
-register_dataset("animal-mnist", _builtin("animal-mnist"), help="10 animal silhouette classes, 28x28 grayscale")
-register_dataset("digits", _builtin("digits"), help="scikit-learn handwritten digits, 8x8 grayscale")
-register_dataset("folder", build_folder, help="an image folder: PATH/<class>/*.jpg (or PATH/train + PATH/val)")
+build_animal_mnist = _builtin("animal-mnist")
+build_digits = _builtin("digits")
+
+
+def build_unlabelled_images(req: DataRequest) -> DatasetBundle:
+    root = req.root or req.options.get("root")
+    if not root:
+        raise DataError("the images dataset needs a path: --data images:PATH")
+    train = UnlabelledImageFolder(root, req.train_transform)
+    return DatasetBundle(train=train, val=None, class_names=[], input_kind="image",
+                         info={"root": str(root), "train_images": len(train)})

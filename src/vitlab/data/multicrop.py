@@ -1,14 +1,18 @@
-"""DINO multi-crop augmentation in pure torch, batched (Caron et al., arXiv 2104.14294, App. D; Sec. 3 of EsViT).
+"""DINO multi-crop augmentation (Caron et al., arXiv 2104.14294, App. D; EsViT Sec. 3), seeded per sample.
 
 Two global crops (scale 0.4-1) and ``n_local`` local crops (scale 0.05-0.4) of every image, each
-with a horizontal flip, colour jitter (p=0.8: brightness 0.4, contrast 0.4, saturation 0.2,
-hue 0.1), grayscale (p=0.2), Gaussian blur (p = 1.0 / 0.1 / 0.5 for global 1 / global 2 /
-locals) and solarisation (p=0.2, second global crop only), then normalisation.
+with a horizontal flip, colour jitter (p=0.8: brightness 0.4, contrast 0.4, saturation 0.2, hue
+0.1), grayscale (p=0.2), Gaussian blur (p = 1.0 / 0.1 / 0.5 for global 1 / global 2 / locals) and
+solarisation (p=0.2, second global crop only), then normalisation.
 
-Everything runs on a whole batch at once: crops are resampled with one ``grid_sample`` call from
-per-image affine boxes, and the blur is a grouped convolution with per-image kernels, so the
-augmentation costs little next to the network even on a CPU. Randomness comes from an explicit
-``torch.Generator`` (reproducible, and exactly resumable per epoch).
+The work is split in two, so it is exact, fast and independent of the loader workers:
+
+* :class:`MultiCropTransform` runs per sample in the DataLoader (a dataset's ``train_transform``):
+  it takes random-resized crops from the *original* image (its own size and aspect ratio; crops
+  resized with antialiasing, as PIL does) and draws every random photometric parameter, all from the
+  sample's own generator. It returns the crops in [0, 1] and the parameters.
+* :func:`apply_photometric` applies the drawn parameters to a whole batch of crops at once, on the
+  training device (a GPU does it in a few kernels), then normalises.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+
+from .transforms import RandomResizedCrop, resize, to_tensor
 
 
 @dataclass
@@ -41,52 +47,68 @@ class MultiCropConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
-
-def random_resized_boxes(n: int, scale, ratio, generator: torch.Generator) -> torch.Tensor:
-    """(n, 4) boxes (cx, cy, w, h) in [0, 1] image units with area in ``scale`` and aspect in ``ratio``."""
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_r)
-    w = torch.sqrt(area * aspect).clamp(max=1.0)
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = w / 2 + torch.rand(n, generator=generator) * (1 - w)
-    cy = h / 2 + torch.rand(n, generator=generator) * (1 - h)
-    return torch.stack([cx, cy, w, h], 1)
+    def views(self) -> list[tuple[int, tuple[float, float], float, float]]:
+        """(size, scale, blur probability, solarisation probability) of every crop, in order."""
+        return ([(self.global_size, self.global_scale, self.blur_p[0], 0.0),
+                 (self.global_size, self.global_scale, self.blur_p[1], self.solarize_p)]
+                + [(self.local_size, self.local_scale, self.blur_p[2], 0.0)] * self.n_local)
 
 
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling of one box per image to ``size x size`` (flip: bool per image)."""
-    cx, cy, w, h = boxes.unbind(1)
-    sx = torch.where(flip, -w, w)
-    theta = torch.zeros(len(images), 2, 3, dtype=images.dtype)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, cx * 2 - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy * 2 - 1
-    grid = F.affine_grid(theta.to(images.device), [len(images), images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def _u(lo: float, hi: float, g: torch.Generator) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def draw_photometric(cfg: MultiCropConfig, size: int, blur_p: float, solarize_p: float,
+                     g: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random photometric parameters of one crop (scalars; collated into per-batch vectors)."""
+    sigma_lo, sigma_hi = (s * size / 224 for s in cfg.blur_sigma)
+    values = {
+        "jitter": float(torch.rand((), generator=g) < cfg.jitter_p),
+        "brightness": _u(1 - cfg.brightness, 1 + cfg.brightness, g),
+        "contrast": _u(1 - cfg.contrast, 1 + cfg.contrast, g),
+        "saturation": _u(1 - cfg.saturation, 1 + cfg.saturation, g),
+        "hue": _u(-cfg.hue, cfg.hue, g),
+        "gray": float(torch.rand((), generator=g) < cfg.grayscale_p),
+        "blur": float(torch.rand((), generator=g) < blur_p),
+        "sigma": _u(sigma_lo, sigma_hi, g),
+        "sigma_max": sigma_hi,
+        "solarize": float(torch.rand((), generator=g) < solarize_p),
+    }
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
+
+
+class MultiCropTransform:
+    """``(image (C, H, W) uint8 or float, generator) -> (crops [(C, s, s) in [0, 1]], params [dict])``."""
+
+    def __init__(self, cfg: MultiCropConfig | None = None, in_chans: int | None = None):
+        self.cfg = cfg or MultiCropConfig()
+        self.in_chans = in_chans
+        self._crops = {scale: RandomResizedCrop(1, scale, self.cfg.ratio) for scale in
+                       {tuple(self.cfg.global_scale), tuple(self.cfg.local_scale)}}
+
+    def __call__(self, img, generator: torch.Generator | None = None):
+        x = to_tensor(img)
+        if self.in_chans == 1 and x.shape[0] == 3:
+            x = x.mean(0, keepdim=True)
+        crops, params = [], []
+        for size, scale, blur_p, solarize_p in self.cfg.views():
+            top, left, h, w = self._crops[tuple(scale)].box(x.shape[-2], x.shape[-1], generator)
+            crop = resize(x[:, top:top + h, left:left + w], (size, size), "bilinear")
+            if float(torch.rand((), generator=generator)) < 0.5:
+                crop = crop.flip(-1)
+            crops.append(crop.clamp_(0.0, 1.0))
+            params.append(draw_photometric(self.cfg, size, blur_p, solarize_p, generator))
+        return crops, params
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def color_jitter(x: torch.Tensor, cfg: MultiCropConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue (YIQ rotation) factors per image, applied with p=jitter_p."""
-    n = len(x)
-
-    def factor(strength):
-        return torch.empty(n, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator).to(x)
-    apply = (torch.rand(n, 1, 1, 1, generator=generator) < cfg.jitter_p).to(x)
-    out = x * factor(cfg.brightness)
-    mean = _gray(out).mean((1, 2, 3), keepdim=True)
-    out = (out - mean) * factor(cfg.contrast) + mean
-    if x.shape[1] == 3:
-        out = (out - _gray(out)) * factor(cfg.saturation) + _gray(out)
-        angle = (torch.empty(n).uniform_(-cfg.hue, cfg.hue, generator=generator) * 2 * math.pi).to(x)
-        out = _rotate_hue(out, angle)
-    out = out.clamp(0, 1)
-    return apply * out + (1 - apply) * x
+def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x).view(-1, 1, 1, 1)
 
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -98,81 +120,52 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
 
 
-def random_grayscale(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    if x.shape[1] == 1:
+def color_jitter(x: torch.Tensor, p: dict) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue (a YIQ rotation) per image, where ``p['jitter']`` is set."""
+    out = x * _col(p["brightness"], x)
+    mean = _gray(out).mean((1, 2, 3), keepdim=True)
+    out = (out - mean) * _col(p["contrast"], x) + mean
+    if x.shape[1] == 3:
+        out = (out - _gray(out)) * _col(p["saturation"], x) + _gray(out)
+        out = _rotate_hue(out, (p["hue"] * 2 * math.pi).to(x))
+    apply = _col(p["jitter"], x)
+    return apply * out.clamp(0, 1) + (1 - apply) * x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """Separable Gaussian blur with a sigma per image (reflect padding), where ``apply`` is set."""
+    if not bool(apply.any()):
         return x
-    apply = (torch.rand(len(x), 1, 1, 1, generator=generator) < p).to(x)
-    return apply * _gray(x).expand_as(x) + (1 - apply) * x
-
-
-def gaussian_blur(x: torch.Tensor, p: float, sigma_range, generator: torch.Generator) -> torch.Tensor:
-    """Separable Gaussian blur with a random sigma per image, applied with probability p."""
     n, c, h, w = x.shape
-    apply = torch.rand(n, generator=generator) < p
-    sigma = torch.empty(n).uniform_(sigma_range[0], sigma_range[1], generator=generator)
-    if not apply.any():
-        return x
-    radius = max(1, int(math.ceil(3 * sigma_range[1])))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
-    k = (k / k.sum(1, keepdim=True)).to(x.device)                      # n, K
-    k = k.repeat_interleave(c, 0)                                       # n*c, K
+    radius = max(1, int(math.ceil(3 * sigma_max)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t[None] / sigma.to(x).clamp_min(1e-3)[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)             # (n*c, K)
     y = x.reshape(1, n * c, h, w)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect" if w > radius else "replicate"),
                  k[:, None, None, :], groups=n * c)
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect" if h > radius else "replicate"),
                  k[:, None, :, None], groups=n * c)
-    y = y.reshape(n, c, h, w)
-    return torch.where(apply.to(x.device)[:, None, None, None], y, x)
+    return torch.where(apply.to(x.device).bool()[:, None, None, None], y.reshape(n, c, h, w), x)
 
 
-def solarize(x: torch.Tensor, p: float, generator: torch.Generator, threshold: float = 0.5) -> torch.Tensor:
-    apply = (torch.rand(len(x), 1, 1, 1, generator=generator) < p).to(x.device)
-    return torch.where(apply & (x >= threshold), 1 - x, x)
-
-
-class MultiCropAugmentation:
-    """``__call__(images (B, C, H, W) float in [0, 1], generator) -> [global_1, global_2, local_1, ...]``."""
-
-    def __init__(self, cfg: MultiCropConfig | None = None, out_chans: int | None = None):
-        self.cfg = cfg or MultiCropConfig()
-        self.out_chans = out_chans
-
-    def _view(self, images, size, scale, blur_p, solarize_p, generator):
-        cfg = self.cfg
-        n = len(images)
-        boxes = random_resized_boxes(n, scale, cfg.ratio, generator)
-        flip = torch.rand(n, generator=generator) < 0.5
-        x = crop_resize(images, boxes, size, flip)
-        x = color_jitter(x, cfg, generator)
-        x = random_grayscale(x, cfg.grayscale_p, generator)
-        sigma = tuple(s * size / 224 for s in cfg.blur_sigma)
-        x = gaussian_blur(x, blur_p, sigma, generator)
-        if solarize_p > 0:
-            x = solarize(x, solarize_p, generator)
-        return self.normalize(x)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize_images(x, self.cfg.mean, self.cfg.std, self.out_chans)
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"MultiCropAugmentation expects float images (B, C, H, W) in [0, 1], got "
-                             f"{tuple(images.shape)} {images.dtype}")
-        cfg = self.cfg
-        crops = [self._view(images, cfg.global_size, cfg.global_scale, cfg.blur_p[0], 0.0, generator),
-                 self._view(images, cfg.global_size, cfg.global_scale, cfg.blur_p[1], cfg.solarize_p, generator)]
-        crops += [self._view(images, cfg.local_size, cfg.local_scale, cfg.blur_p[2], 0.0, generator)
-                  for _ in range(cfg.n_local)]
-        return crops
+def apply_photometric(x: torch.Tensor, p: dict[str, torch.Tensor], mean, std, out_chans: int | None = None):
+    """A batch of crops (B, C, s, s) in [0, 1] with their collated parameters -> normalised crops."""
+    x = color_jitter(x, p)
+    if x.shape[1] > 1:
+        gray = _col(p["gray"], x)
+        x = gray * _gray(x).expand_as(x) + (1 - gray) * x
+    x = gaussian_blur(x, p["sigma"], p["blur"], float(p["sigma_max"].max()))
+    solar = p["solarize"].to(x.device).bool()[:, None, None, None]
+    x = torch.where(solar & (x >= 0.5), 1 - x, x)
+    return normalize_images(x, mean, std, out_chans)
 
 
 def normalize_images(x: torch.Tensor, mean, std, out_chans: int | None = None) -> torch.Tensor:
     """(x - mean) / std per channel; a one-channel batch is repeated to ``out_chans`` channels (and uses the
     mean of the given statistics)."""
     c = x.shape[1]
-    mean_t = x.new_tensor(mean)
-    std_t = x.new_tensor(std)
+    mean_t, std_t = x.new_tensor(mean), x.new_tensor(std)
     if c == 1 and len(mean) != 1:
         mean_t, std_t = mean_t.mean().view(1), std_t.mean().view(1)
     x = (x - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
@@ -181,3 +174,10 @@ def normalize_images(x: torch.Tensor, mean, std, out_chans: int | None = None) -
             raise ValueError(f"cannot turn {x.shape[1]}-channel images into {out_chans} channels")
         x = x.expand(-1, out_chans, -1, -1)
     return x
+
+
+def multicrop_batch(samples: list, mean, std, device: torch.device, out_chans: int | None = None):
+    """Collated ``(crops, params)`` of a batch -> normalised crops on ``device`` (global crops first)."""
+    crops, params = samples
+    return [apply_photometric(c.to(device, non_blocking=True), {k: v.to(device) for k, v in p.items()}, mean, std,
+                              out_chans) for c, p in zip(crops, params)]

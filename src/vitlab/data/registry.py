@@ -1,10 +1,8 @@
-"""Dataset and task registry: how other parts of vitlab (and user code) plug into ``vitlab train/eval``.
+"""The datasets ``--data NAME`` knows: an explicit table of built-in builders, plus user plug-ins.
 
-Datasets
---------
-``register_dataset(name, builder, input_kind="image", help="")`` makes ``--data NAME`` (or
-``--data NAME:PATH``) available to ``vitlab train`` and ``vitlab eval``. A *builder* is called as
-``builder(request)`` with a :class:`DataRequest` and returns a :class:`DatasetBundle`::
+A *builder* is called as ``builder(request)`` with a :class:`DataRequest` and returns a
+:class:`DatasetBundle`. The built-in ones are listed in :data:`BUILTIN_DATASETS` and imported only
+when asked for; ``register_dataset(name, builder)`` adds another::
 
     from vitlab.data.registry import DatasetBundle, register_dataset
 
@@ -15,55 +13,59 @@ Datasets
 
     register_dataset("my-clips", build_my_clips, input_kind="video")
 
-Each dataset item is ``(input, target)``; ``input`` is a float tensor (``(C, H, W)`` images,
-``(C, T, H, W)`` clips, or ``(V, C, T, H, W)`` for several evaluation views), ``target`` an int
-class index. The train set may instead receive ``(index, seed)`` keys when it sets
-``seeded = True`` (see :class:`vitlab.data.datasets.SeededDataset`), which makes augmentation
-reproducible and resumes exact. ``DatasetBundle.predict`` replaces ``model(x)`` during
-evaluation (e.g. averaging the logits of several clip views); classification metrics are
-computed from what it returns.
-
-Tasks
------
-``register_task(name, train=None, evaluate=None, defaults=None)`` adds a ``--task NAME`` value.
-``train(config: dict) -> int`` and ``evaluate(config: dict) -> int`` receive the merged run
-configuration (YAML + command line, see :mod:`vitlab.engine.config`). A task without its own
-``train``/``evaluate`` runs the classification loop with ``defaults`` merged under the
-configuration (video classification is classification on clips: it only needs a dataset
-builder and, optionally, ``defaults={"data": {"name": "my-clips"}}``).
-
-Modules register themselves on import; the registry imports every module of
-:mod:`vitlab.data`, :mod:`vitlab.segmentation` and :mod:`vitlab.engine` the first time a name
-is looked up (a module that fails to import is reported when its name is asked for).
+Each dataset item is ``(input, target)``; ``input`` is a tensor (``(C, H, W)`` images, ``(C, T, H, W)``
+clips, ``(V, C, T, H, W)`` evaluation views) and ``target`` an int class index (-1 for unlabelled
+images). A training set that sets ``seeded = True`` receives ``(index, seed)`` keys (see
+:class:`vitlab.data.datasets.SeededDataset`): augmentation then follows the sample's seed, which
+makes it independent of the loader workers and resumes exact. An item may be a
+:class:`vitlab.data.folder.Skipped` (an unreadable file): the loaders drop it and report its name.
+``DatasetBundle.predict`` replaces ``model(x)`` during evaluation (e.g. averaging clip views).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-import pkgutil
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vitlab.errors import DataError
+
 INPUT_KINDS = ("image", "video", "mask")
-PLUGIN_PACKAGES = ("vitlab.data", "vitlab.engine", "vitlab.segmentation")
+
+# name -> (module, builder function, input kind, help)
+BUILTIN_DATASETS: dict[str, tuple[str, str, str, str]] = {
+    "animal-mnist": ("vitlab.data.builtin_sets", "build_animal_mnist", "image",
+                     "10 animal silhouette classes, 28x28 grayscale (shipped in the animal-mnist wheel)"),
+    "digits": ("vitlab.data.builtin_sets", "build_digits", "image", "scikit-learn's handwritten digits, 8x8 grayscale"),
+    "folder": ("vitlab.data.builtin_sets", "build_folder", "image",
+               "an image folder: PATH/<class>/*.jpg, or PATH/train + PATH/val (ImageNet layout)"),
+    "images": ("vitlab.data.builtin_sets", "build_unlabelled_images", "image",
+               "every image under PATH, no labels (self-supervised pretraining)"),
+    "video-folder": ("vitlab.data.video", "build_video_folder", "video",
+                     "videos in PATH/{train,val}/<class>/ (or PATH/<class>/); options: num_frames, stride, sampling, "
+                     "test_clips, test_crops, hflip"),
+    "synthetic-video": ("vitlab.data.synthetic_video", "build_synthetic_video_dataset", "video",
+                        "built-in synthetic videos (6 motion classes, 64 px, 16 frames), generated once into a cache"),
+}
 
 
 @dataclass
 class DataRequest:
-    """What ``vitlab train/eval`` asks a dataset builder for."""
+    """What a task asks a dataset builder for."""
     name: str                                   # the registered name (``--data NAME[:PATH]``)
     root: str | None = None                     # PATH part of ``--data NAME:PATH`` or ``data.root``
     input_size: tuple[int, ...] = (3, 224, 224)  # what the model expects, (C, H, W) or (C, T, H, W)
-    train_transform: Callable | None = None     # ``transform(uint8/float CHW tensor, generator) -> tensor``
+    train_transform: Callable | None = None     # ``transform(uint8 CHW tensor, generator) -> sample``
     eval_transform: Callable | None = None
     seed: int = 0
-    splits: tuple[str, ...] = ("train", "val")  # which splits are needed (eval asks only for "val")
-    options: dict[str, Any] = field(default_factory=dict)  # the free-form ``data:`` section
+    splits: tuple[str, ...] = ("train", "val")  # which splits are needed (evaluation asks only for "val")
+    options: dict[str, Any] = field(default_factory=dict)  # the free-form ``data.options`` section
 
 
 @dataclass
 class DatasetBundle:
-    """What a dataset builder returns."""
+    """What a dataset builder returns; ``class_names`` is empty for unlabelled data."""
     train: Any | None
     val: Any | None
     class_names: list[str]
@@ -77,12 +79,14 @@ class DatasetBundle:
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
-        if not self.class_names:
-            raise ValueError("a dataset needs at least one class name")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.class_names)
 
 
 @dataclass
@@ -93,19 +97,7 @@ class DatasetEntry:
     help: str
 
 
-@dataclass
-class TaskEntry:
-    name: str
-    train: Callable[[dict], int] | None
-    evaluate: Callable[[dict], int] | None
-    defaults: dict[str, Any]
-    help: str
-
-
-_DATASETS: dict[str, DatasetEntry] = {}
-_TASKS: dict[str, TaskEntry] = {}
-_IMPORT_ERRORS: dict[str, str] = {}
-_LOADED = False
+_PLUGINS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, builder: Callable[[DataRequest], DatasetBundle], input_kind: str = "image",
@@ -113,47 +105,13 @@ def register_dataset(name: str, builder: Callable[[DataRequest], DatasetBundle],
     """Make ``--data NAME`` available; ``builder(DataRequest) -> DatasetBundle``."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
-    if name in _DATASETS and _DATASETS[name].builder is not builder:
-        raise ValueError(f"dataset name {name!r} is registered twice")
-    _DATASETS[name] = DatasetEntry(name, builder, input_kind, help)
+    if name in BUILTIN_DATASETS:
+        raise ValueError(f"dataset name {name!r} is built in; choose another name")
+    _PLUGINS[name] = DatasetEntry(name, builder, input_kind, help)
 
 
-def register_task(name: str, train: Callable[[dict], int] | None = None,
-                  evaluate: Callable[[dict], int] | None = None, defaults: dict | None = None, help: str = "") -> None:
-    """Make ``--task NAME`` available (see the module docstring)."""
-    if name in _TASKS and (_TASKS[name].train, _TASKS[name].evaluate) != (train, evaluate):
-        raise ValueError(f"task name {name!r} is registered twice")
-    _TASKS[name] = TaskEntry(name, train, evaluate, dict(defaults or {}), help)
-
-
-def _load_plugins() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for package_name in PLUGIN_PACKAGES:
-        try:
-            package = importlib.import_module(package_name)
-        except Exception as e:  # pragma: no cover - a broken package is reported on lookup
-            _IMPORT_ERRORS[package_name] = f"{type(e).__name__}: {e}"
-            continue
-        for info in pkgutil.iter_modules(package.__path__):
-            module = f"{package_name}.{info.name}"
-            try:
-                importlib.import_module(module)
-            except Exception as e:
-                _IMPORT_ERRORS[module] = f"{type(e).__name__}: {e}"
-
-
-def _unknown(kind: str, name: str, known: list[str]) -> KeyError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    msg = f"unknown {kind} {name!r}"
-    if close:
-        msg += f"; did you mean {', '.join(close)}?"
-    msg += f" Available: {', '.join(sorted(known)) or 'none'}."
-    if _IMPORT_ERRORS:
-        msg += " Modules that failed to import: " + "; ".join(f"{m} ({e})" for m, e in _IMPORT_ERRORS.items())
-    return _RegistryKeyError(msg)
+def list_datasets() -> list[str]:
+    return sorted([*BUILTIN_DATASETS, *_PLUGINS])
 
 
 class _RegistryKeyError(KeyError):
@@ -161,51 +119,42 @@ class _RegistryKeyError(KeyError):
         return str(self.args[0])
 
 
-def list_datasets() -> list[str]:
-    _load_plugins()
-    return sorted(_DATASETS)
-
-
-def list_tasks() -> list[str]:
-    _load_plugins()
-    return sorted(_TASKS)
+def _unknown(name: str) -> KeyError:
+    known = list_datasets()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    msg = f"unknown dataset {name!r}"
+    if close:
+        msg += f"; did you mean {', '.join(close)}?"
+    return _RegistryKeyError(msg + f" Available: {', '.join(known)}; or give an image folder path.")
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
-    _load_plugins()
-    if name not in _DATASETS:
-        raise _unknown("dataset", name, list(_DATASETS))
-    return _DATASETS[name]
-
-
-def get_task(name: str) -> TaskEntry:
-    _load_plugins()
-    if name not in _TASKS:
-        raise _unknown("task", name, list(_TASKS))
-    return _TASKS[name]
+    if name in _PLUGINS:
+        return _PLUGINS[name]
+    if name not in BUILTIN_DATASETS:
+        raise _unknown(name)
+    module, attr, kind, text = BUILTIN_DATASETS[name]
+    return DatasetEntry(name, getattr(importlib.import_module(module), attr), kind, text)
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None]:
     """``"animal-mnist"`` -> (name, None); ``"folder:path/to/imgs"`` -> ("folder", path); a bare path -> folder."""
-    _load_plugins()
-    if spec in _DATASETS:
+    if spec in BUILTIN_DATASETS or spec in _PLUGINS:
         return spec, None
     if ":" in spec:
         name, root = spec.split(":", 1)
-        if name in _DATASETS:
+        if name in BUILTIN_DATASETS or name in _PLUGINS:
             return name, root
-    import os
     if os.path.isdir(spec):
         return "folder", spec
     if os.path.exists(spec):
-        raise ValueError(f"--data {spec!r} is a file; expected a registered dataset name or an image folder")
-    raise _unknown("dataset", spec, list(_DATASETS))
+        raise DataError(f"--data {spec!r} is a file; expected a dataset name or an image folder")
+    raise _unknown(spec)
 
 
 def build_dataset(request: DataRequest) -> DatasetBundle:
     """Look up ``request.name`` and call its builder, checking what it returns."""
-    entry = get_dataset_entry(request.name)
-    bundle = entry.builder(request)
+    bundle = get_dataset_entry(request.name).builder(request)
     if not isinstance(bundle, DatasetBundle):
         raise TypeError(f"dataset builder for {request.name!r} returned {type(bundle).__name__}, "
                         f"expected a DatasetBundle")

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+
+from .datasets import SeededDataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {"train": "training", "val": "validation", "test": "validation"}
@@ -55,9 +56,9 @@ def read_label(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """An RGB image as (H, W, 3) uint8 (16-bit images scaled to 8 bits)."""
+    from .folder import load_image
+    return load_image(str(path), "RGB")
 
 
 @dataclass
@@ -111,19 +112,23 @@ def photometric_distortion(img: torch.Tensor, rng: random.Random) -> torch.Tenso
     return img.clamp(0, 255)
 
 
-class SegmentationFolder(Dataset):
+class SegmentationFolder(SeededDataset):
     """ADE20K-layout folder. Items are ``(image (3, H, W) float normalised, label (H, W) int64)``.
 
     ``augment`` (a :class:`SegAugment`) makes it a training set: crops are padded to the crop size
-    with the ignore label. ``num_classes`` (or ``dataset.json``'s ``classes``) enables label checks.
+    with the ignore label, and the augmentation of an ``(index, seed)`` key follows that seed (the
+    seeded-sample protocol of :class:`~vitlab.data.datasets.SeededDataset`: the same crops whatever
+    the number of workers, exact resume). ``num_classes`` (or ``dataset.json``'s ``classes``)
+    enables label checks; ``dataset.json`` may also say ``reduce_zero_label``.
     """
 
     def __init__(self, root, split: str = "training", num_classes: int | None = None, reduce_zero_label: bool = False,
                  augment: SegAugment | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 ignore_index: int = 255, class_names: list[str] | None = None, seed: int = 0):
+                 ignore_index: int = 255, class_names: list[str] | None = None):
         self.root = Path(root)
         meta_file = self.root / "dataset.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self.meta = meta
         self.class_names = list(class_names or meta.get("classes") or [])
         self.num_classes = num_classes or len(self.class_names) or None
         if self.class_names and self.num_classes != len(self.class_names):
@@ -131,7 +136,7 @@ class SegmentationFolder(Dataset):
         if not self.class_names and self.num_classes:
             self.class_names = [str(i) for i in range(self.num_classes)]
         self.reduce_zero_label, self.ignore_index = reduce_zero_label, ignore_index
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.augment = augment
         self.mean = torch.tensor(mean).view(3, 1, 1) * 255
         self.std = torch.tensor(std).view(3, 1, 1) * 255
         img_dir, ann_dir = _split_dir(self.root, "images", split), _split_dir(self.root, "annotations", split)
@@ -147,10 +152,7 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (3, H, W) float image in [0, 255] and checked (H, W) int64 label (zero label reduced)."""
         img, label = read_image(self.images[index]), read_label(self.labels[index])
         if img.shape[:2] != label.shape:
@@ -167,12 +169,12 @@ class SegmentationFolder(Dataset):
                     f"(after reduce_zero_label={self.reduce_zero_label}; ignore index {self.ignore_index})")
         return torch.from_numpy(img.copy()).permute(2, 0, 1).float(), torch.from_numpy(np.ascontiguousarray(label))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, label = self.load(index)
+    def load(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        img, label = self.read(index)
         if self.augment is None:
             return (img - self.mean) / self.std, label
-        rng = random.Random(hash((self.seed, self.epoch, index)))
-        img, label = self.augment(img, label, rng)
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator)) if generator is not None else index
+        img, label = self.augment(img, label, random.Random(seed))
         img = (img - self.mean) / self.std
         c = self.augment.crop_size
         ph, pw = max(c - img.shape[-2], 0), max(c - img.shape[-1], 0)

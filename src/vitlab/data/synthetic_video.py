@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import DataRequest, DatasetBundle, register_dataset
+from .registry import DataRequest, DatasetBundle
 
 CLASSES = ("move_left", "move_right", "move_up", "move_down", "turn_clockwise", "turn_counterclockwise")
 DIRECTIONS = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
@@ -141,7 +141,3 @@ def build_synthetic_video_dataset(req: DataRequest) -> DatasetBundle:
     bundle.info["root"] = str(root)
     return bundle
 
-
-register_dataset("synthetic-video", build_synthetic_video_dataset, input_kind="video",
-                 help="built-in synthetic videos (6 motion classes, 64 px, 16 frames), generated once into a cache "
-                      "folder; options: per_class_train, per_class_val, num_frames, stride, test_clips, test_crops")

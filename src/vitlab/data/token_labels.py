@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .datasets import SeededDataset
+from .folder import Skipped
 
 
 def load_token_label_maps(path: str | Path) -> torch.Tensor:
@@ -54,8 +55,8 @@ class TokenLabelDataset(SeededDataset):
 
     def __getitem__(self, key):
         sample = self.base[key]
-        if sample is None:
-            return None
+        if sample is None or isinstance(sample, Skipped):
+            return sample
         idx = key[0] if isinstance(key, (tuple, list)) else key
         x, y = sample
         return (x, self.maps[int(idx)]), y

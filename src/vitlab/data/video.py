@@ -14,7 +14,7 @@
   :func:`multi_view_predict` averages the views' softmax scores.
 
 ``--data video-folder:PATH`` reads ``PATH/train/<class>/*.mp4`` and ``PATH/val/<class>/*`` (or a
-seeded split of ``PATH/<class>/*``); ``--task video`` trains on it with the classification loop.
+seeded split of ``PATH/<class>/*``); ``--task video`` trains on it (:mod:`vitlab.tasks.video`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import SeededDataset
-from .registry import DataRequest, DatasetBundle, register_dataset, register_task
+from .registry import DataRequest, DatasetBundle
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -265,16 +265,4 @@ def build_video_folder(req: DataRequest) -> DatasetBundle:
     pick = lambda flag: ([f for f, v in zip(files, is_val) if v == flag],  # noqa: E731
                          [lab for lab, v in zip(labels, is_val) if v == flag])
     return build_clip_datasets(req, pick(False), pick(True), classes)
-
-
-register_dataset("video-folder", build_video_folder, input_kind="video",
-                 help="videos in PATH/{train,val}/<class>/ (or PATH/<class>/, split by data.options.val_fraction); "
-                      "options: num_frames, stride, sampling (dense|uniform), test_clips, test_crops, hflip")
-register_task("video", defaults={
-    "model": {"name": "uniformer_video_micro"},
-    "data": {"name": "synthetic-video", "batch_size": 16, "eval_batch_size": 16, "img_size": None},
-    "aug": {"hflip": 0.0, "smoothing": 0.1},
-    "optim": {"lr": 2e-3, "weight_decay": 0.05},
-    "sched": {"epochs": 8, "warmup_epochs": 1.0},
-}, help="video classification: clips (B, 3, T, H, W) from video-folder or synthetic-video, multi-view testing")
 

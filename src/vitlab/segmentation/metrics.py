@@ -3,7 +3,8 @@
 For each class c: intersection = #(pred = c and label = c), union = #(pred = c or label = c) and
 label area = #(label = c), summed over every image first; pixels with the ignore label are left
 out. IoU_c = I/U and Acc_c = I/label area (NaN for classes absent from both prediction and
-labels, which the means skip); aAcc = sum(I) / sum(label area).
+labels, which the means skip); aAcc = sum(I) / sum(label area). Every value is reported in percent,
+as mmseg prints them.
 """
 from __future__ import annotations
 
@@ -49,23 +50,24 @@ class SegmentationMetric:
             self.areas = areas.cpu()
 
     def compute(self) -> dict:
+        """``mIoU``, ``mAcc``, ``aAcc`` and per-class ``IoU`` / ``Acc``, in percent (NaN for absent classes)."""
         inter, pred_area, label_area = self.areas.double()
         union = pred_area + label_area - inter
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, math.nan))
-        acc = torch.where(label_area > 0, inter / label_area.clamp(min=1), torch.full_like(inter, math.nan))
+        iou = torch.where(union > 0, 100 * inter / union.clamp(min=1), torch.full_like(inter, math.nan))
+        acc = torch.where(label_area > 0, 100 * inter / label_area.clamp(min=1), torch.full_like(inter, math.nan))
         mean = lambda v: float(v[~v.isnan()].mean()) if (~v.isnan()).any() else math.nan  # noqa: E731
         return {"mIoU": mean(iou), "mAcc": mean(acc),
-                "aAcc": float(inter.sum() / label_area.sum()) if label_area.sum() > 0 else math.nan,
+                "aAcc": float(100 * inter.sum() / label_area.sum()) if label_area.sum() > 0 else math.nan,
                 "per_class": {name: {"IoU": float(i), "Acc": float(a)}
                               for name, i, a in zip(self.class_names, iou, acc)}}
 
 
 def format_table(result: dict) -> str:
-    """Per-class IoU/Acc table (percent) followed by the summary line."""
+    """Per-class IoU/Acc table (percent, as :meth:`SegmentationMetric.compute` gives them) and the summary line."""
     names = list(result["per_class"])
     width = max([5] + [len(n) for n in names])
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
-    fmt = lambda v: "   nan" if math.isnan(v) else f"{100 * v:6.2f}"  # noqa: E731
+    fmt = lambda v: "   nan" if v is None or math.isnan(v) else f"{v:6.2f}"  # noqa: E731
     for name in names:
         row = result["per_class"][name]
         lines.append(f"{name:<{width}}  {fmt(row['IoU'])}  {fmt(row['Acc'])}")

@@ -206,6 +206,7 @@ class EsViTLoss(nn.Module):
         self.teacher_temp_schedule = teacher_temperature_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
         self.last: dict[str, float] = {}
+        self.pending: tuple | None = None
 
     def teacher_temperature(self, epoch: int) -> float:
         sched = self.teacher_temp_schedule
@@ -216,7 +217,9 @@ class EsViTLoss(nn.Module):
         sizes = [npatch[0]] * self.n_global + [npatch[-1]] * n_local
         return [t.view(batch, n, -1) for t, n in zip(torch.split(tensor, [n * batch for n in sizes]), sizes)]
 
-    def forward(self, student_out, teacher_out, epoch: int) -> torch.Tensor:
+    def forward(self, student_out, teacher_out, epoch: int, update_center: bool = True) -> torch.Tensor:
+        """The loss; the centres move at once, or (``update_center=False``) when :meth:`apply_pending` is called -
+        after the step was accepted, so a step redone in fp32 does not move them twice."""
         s_cls, s_region, s_feat, s_npatch = student_out
         t_cls, t_region, t_feat, t_npatch = teacher_out
         if len(s_cls) % self.ncrops:
@@ -241,8 +244,16 @@ class EsViTLoss(nn.Module):
             parts["region"] = float(loss_r.detach())
         parts.update(collapse_diagnostics(t_cls.detach(), self.center, temp))
         self.last = parts
-        self.update_center(t_cls.detach(), t_region.detach() if use_region else None)
+        self.pending = (t_cls.detach(), t_region.detach() if use_region else None)
+        if update_center:
+            self.apply_pending()
         return loss
+
+    def apply_pending(self) -> None:
+        """Move the centres with the teacher outputs of the last forward (once)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.update_center(*pending)
 
     @torch.no_grad()
     def teacher_targets(self, logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 last 4 blocks, Sec. 4 of arXiv 2106.09785), trained here on pre-extracted features.
 
 Features are standardised with the training statistics (a parameter-free BatchNorm), then a single
-Linear layer is trained with AdamW and cross-entropy on mini-batches.
+Linear layer is trained with AdamW and cross-entropy on mini-batches, on the features' device.
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
     xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     torch.manual_seed(seed)
-    layer = nn.Linear(xtr.shape[1], num_classes)
+    device = train_feats.device
+    layer = nn.Linear(xtr.shape[1], num_classes).to(device)
+    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
     opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, (len(xtr) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(epochs):
         perm = torch.randperm(len(xtr), generator=gen)
-        for idx in perm.split(batch_size):
+        for idx in perm.to(device).split(batch_size):
             loss = F.cross_entropy(layer(xtr[idx]), train_labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -46,13 +46,13 @@ def region_matches(backbone, view_a: torch.Tensor, view_b: torch.Tensor, top: in
 
 
 def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.Tensor, path, mean, std,
-                                 top: int = 10) -> Path:
+                                 top: int = 10, title: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import ConnectionPatch
     matches, (ga, gb) = region_matches(backbone, view_a, view_b, top)
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
     for ax, view, title in zip(axes, (view_a, view_b), ("view 1", "view 2")):
         ax.imshow(_to_display(view[0], mean, std))
         ax.set_title(title)
@@ -63,9 +63,14 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
         pb = ((j % gb + 0.5) * sb - 0.5, (j // gb + 0.5) * sb - 0.5)
         color = plt.cm.viridis(rank / max(len(matches) - 1, 1))
         fig.add_artist(ConnectionPatch(pa, pb, "data", "data", axesA=axes[0], axesB=axes[1], color=color, lw=1.2))
-        axes[0].plot(*pa, "o", color=color, ms=3)
+        axes[0].plot(*pa, "o", color=color, ms=3, label=f"cos {s:.2f}")
         axes[1].plot(*pb, "o", color=color, ms=3)
-    fig.suptitle(f"top-{len(matches)} region matches (cosine of final-stage features)", fontsize=9)
+    if matches:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False,
+                   title="match (best first)", title_fontsize=7)
+    head = f"{title}: " if title else ""
+    fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features)", fontsize=9)
+    fig.subplots_adjust(right=0.8)
     _save(fig, path)
     return Path(path)
 
@@ -85,7 +90,7 @@ def last_block_attention_maps(backbone, image: torch.Tensor) -> torch.Tensor:
     return maps[0, :max(grid, 1), :max(grid, 1)].permute(2, 0, 1)
 
 
-def attention_figure(backbone, image: torch.Tensor, path, mean, std) -> Path:
+def attention_figure(backbone, image: torch.Tensor, path, mean, std, title: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,6 +108,6 @@ def attention_figure(backbone, image: torch.Tensor, path, mean, std) -> Path:
         axes[h + 1].set_title(f"head {h}")
     for ax in axes:
         ax.axis("off")
-    fig.suptitle("attention received in the last block", fontsize=9)
+    fig.suptitle(f"{title + ': ' if title else ''}attention received in the last block", fontsize=9)
     _save(fig, path)
     return Path(path)

@@ -1,0 +1,225 @@
+"""Image classification on any registered backbone and dataset (the timm / DeiT recipe family).
+
+Build: the dataset (``data.name``) with timm-style transforms from the model's ``pretrained_cfg``
+(random-resized crop, flip, RandAugment, colour jitter, random erasing; resize + centre crop for
+evaluation) and the model with a head for the dataset's classes. Step: Mixup/CutMix with label
+smoothing, then the loss of :func:`~vitlab.engine.losses.classification_loss` on the model's
+:meth:`forward_train` output (class token CE + ``loss.aux_weight`` x token CE for token-labeling
+models, with token-label maps when ``aug.token_labels`` names a file). Evaluate: top-1 / top-5,
+loss, per-class accuracy and the confusion matrix on the held-out split. Finish: ``model/`` (a
+``from_pretrained`` folder with the class names), ``confusion.png``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitlab.engine.evaluate import evaluate
+from vitlab.engine.loaders import eval_loader
+from vitlab.engine.losses import classification_loss
+from vitlab.engine.schema import PAIR, F
+from vitlab.engine.task import Task
+from vitlab.errors import ConfigError, DataError
+
+AUG_SECTION = {
+    "scale": F([0.08, 1.0], low=0.0, high=1.0, **PAIR), "ratio": F([0.75, 1.3333333], low=0.0, **PAIR),
+    "hflip": F(0.5, "float", low=0.0, high=1.0), "color_jitter": F(0.0, "float", low=0.0),
+    "auto_augment": F(None, "str", optional=True, doc="RandAugment string, e.g. rand-m9-mstd0.5-inc1"),
+    "reprob": F(0.0, "float", low=0.0, high=1.0), "remode": F("pixel", "str", choices=("pixel", "rand", "const")),
+    "recount": F(1, "int", low=1), "interpolation": F("bicubic", "str", choices=("nearest", "bilinear", "bicubic")),
+    "crop_pct": F(None, "float", optional=True, low=0.0, high=2.0, doc="eval crop (default: the model's)"),
+    "mixup": F(0.0, "float", low=0.0), "cutmix": F(0.0, "float", low=0.0),
+    "mix_prob": F(1.0, "float", low=0.0, high=1.0), "switch_prob": F(0.5, "float", low=0.0, high=1.0),
+    "smoothing": F(0.1, "float", low=0.0, high=1.0),
+    "mix_token": F(False, "bool", doc="MixToken (VOLO / token-labeling UniFormer)"),
+    "token_labels": F(None, "str", optional=True, doc="file with per-image score maps (N, K, h, w)"),
+}
+LOSS_SECTION = {"aux_weight": F(0.5, "float", low=0.0, doc="weight of the token-labeling (aux head) loss")}
+
+
+def probe_pretrained_cfg(name: str, kwargs: dict) -> dict:
+    """The model's preprocessing config, built on the meta device (no memory, no init cost)."""
+    from vitlab.models.registry import create_model
+    with torch.device("meta"):
+        return dict(create_model(name, **kwargs).pretrained_cfg)
+
+
+def _repeat(stats, n):
+    stats = tuple(stats)
+    return stats if len(stats) == n else tuple(sum(stats) / len(stats) for _ in range(n))
+
+
+def model_kwargs(cfg: dict) -> dict:
+    """``model.kwargs`` plus ``data.img_size``; a ``num_classes`` there must not contradict the data."""
+    kwargs = dict(cfg["model"]["kwargs"])
+    if cfg["data"]["img_size"] and "img_size" not in kwargs:
+        kwargs["img_size"] = cfg["data"]["img_size"]
+    return kwargs
+
+
+def build_image_data(cfg: dict, splits=("train", "val"), pretrained_cfg: dict | None = None):
+    """Datasets with the classification transforms; returns (bundle, resolved input settings)."""
+    from vitlab.data.registry import DataRequest, build_dataset, parse_data_spec
+    from vitlab.data.transforms import build_eval_transform, build_train_transform
+    from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
+    dcfg, acfg, kwargs = cfg["data"], cfg["aug"], model_kwargs(cfg)
+    pre = pretrained_cfg or probe_pretrained_cfg(cfg["model"]["name"], kwargs)
+    input_size = tuple(pre.get("input_size", (3, 224, 224)))
+    in_chans = int(kwargs.get("in_chans", input_size[0]))
+    img_size = int(dcfg["img_size"] or input_size[-1])
+    mean, std = _repeat(pre.get("mean", IMAGENET_MEAN), in_chans), _repeat(pre.get("std", IMAGENET_STD), in_chans)
+    train_t = build_train_transform(img_size, mean, std, in_chans, scale=acfg["scale"], ratio=acfg["ratio"],
+                                    hflip=acfg["hflip"], color_jitter=acfg["color_jitter"],
+                                    auto_augment=acfg["auto_augment"], reprob=acfg["reprob"], remode=acfg["remode"],
+                                    recount=acfg["recount"], interpolation=acfg["interpolation"])
+    eval_t = build_eval_transform({**pre, "input_size": (in_chans, img_size, img_size)}, in_chans, mean, std,
+                                  img_size, acfg["crop_pct"])
+    name, root = parse_data_spec(dcfg["name"])
+    request = DataRequest(name=name, root=root or dcfg["root"], input_size=(in_chans, img_size, img_size),
+                          train_transform=train_t, eval_transform=eval_t, seed=cfg["run"]["seed"],
+                          splits=tuple(splits), options=dict(dcfg["options"]))
+    bundle = build_dataset(request)
+    if bundle.mean is not None and bundle.std is not None:
+        mean, std = _repeat(bundle.mean, in_chans), _repeat(bundle.std, in_chans)
+        for t in (train_t, eval_t):
+            t.set_normalization(mean, std)
+    return bundle, {"img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),
+                    "model_kwargs": kwargs}
+
+
+def build_classifier(cfg: dict, num_classes: int, kwargs: dict) -> nn.Module:
+    """``create_model`` for ``num_classes``, with drop-path, MixToken, initial weights and frozen BatchNorm."""
+    from vitlab.models.registry import create_model
+    mcfg, kwargs = cfg["model"], dict(kwargs)
+    if "num_classes" in kwargs and kwargs.pop("num_classes") != num_classes:
+        raise ConfigError(f"model.kwargs.num_classes={mcfg['kwargs']['num_classes']} but the dataset "
+                          f"{cfg['data']['name']!r} has {num_classes} classes; leave num_classes out (the head "
+                          f"is sized from the data)")
+    if mcfg["drop_path"] is not None:
+        kwargs["drop_path_rate"] = mcfg["drop_path"]
+    if cfg["aug"]["mix_token"]:
+        kwargs["mix_token"] = True
+    model = create_model(mcfg["name"], num_classes=num_classes, **kwargs)
+    if mcfg["pretrained"]:
+        from vitlab.checkpoints.load import load_checkpoint
+        print(f"initialised from {mcfg['pretrained']}: "
+              f"{load_checkpoint(model, mcfg['pretrained'], strict=False, drop_classifier=True)}", flush=True)
+    if mcfg["freeze_bn"]:
+        from vitlab.layers import freeze_batch_norm
+        model = freeze_batch_norm(model)
+    return model
+
+
+class TrainForward(nn.Module):
+    """``forward(x) = model.forward_train(x)`` (token-labeling outputs), so DDP wraps the training call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        train = getattr(self.model, "forward_train", None)
+        return train(x) if train is not None else self.model(x)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    help = "image classification on any registered backbone and image dataset"
+    sections = {"aug": AUG_SECTION, "loss": LOSS_SECTION}
+    defaults: dict = {}
+    monitor = "top1"
+
+    def build(self, session) -> None:
+        from vitlab.data.mixup import Mixup
+        cfg = session.cfg
+        bundle, self.resolved = build_image_data(cfg)
+        if bundle.train is None or len(bundle.train) == 0:
+            raise DataError(f"dataset {cfg['data']['name']!r} has no training images")
+        if not bundle.labelled:
+            raise DataError(f"dataset {cfg['data']['name']!r} has no labels; classification needs one folder per class")
+        self.class_names, self.bundle = list(bundle.class_names), bundle
+        k = bundle.num_classes
+        self.train_set = bundle.train
+        if cfg["aug"]["token_labels"]:
+            from vitlab.data.token_labels import TokenLabelDataset, check_token_label_recipe, load_token_label_maps
+            check_token_label_recipe(cfg["aug"])
+            self.train_set = TokenLabelDataset(bundle.train, load_token_label_maps(cfg["aug"]["token_labels"]), k)
+        self.model = build_classifier(cfg, k, self.resolved["model_kwargs"])
+        a = cfg["aug"]
+        self.mixup = Mixup(k, a["mixup"], a["cutmix"], a["mix_prob"], a["switch_prob"], a["smoothing"])
+        self.info = {"dataset": cfg["data"]["name"], "classes": k, "train": len(bundle.train),
+                     "val": len(bundle.val) if bundle.val is not None else 0,
+                     **{key: v for key, v in bundle.info.items() if isinstance(v, (int, float, str))}}
+        self._val_loader = None
+
+    def train_module(self) -> nn.Module:
+        return TrainForward(self.model)
+
+    def describe(self, session) -> str:
+        r, b = self.resolved, self.bundle
+        n = sum(p.numel() for p in self.model.parameters())
+        moved = b.info.get("duplicates_moved_to_train")
+        return (f"model {session.cfg['model']['name']}: {n / 1e6:.3f}M params, input {r['in_chans']}x{r['img_size']}x"
+                f"{r['img_size']}; data {session.cfg['data']['name']}: {len(b.train)} train / "
+                f"{len(b.val) if b.val is not None else 0} held-out, {b.num_classes} classes"
+                + (f" ({moved} duplicate images moved to train)" if moved else ""))
+
+    def train_step(self, module, batch, session):
+        x, y = batch
+        maps = None
+        if isinstance(x, (list, tuple)):  # token-labeling maps ride along with the images
+            x, maps = x[0], x[1].to(session.device, non_blocking=True)
+        x, y = x.to(session.device, non_blocking=True), y.to(session.device, non_blocking=True)
+        k = len(self.class_names)
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise DataError(f"labels must be in [0, {k - 1}], got {int(y.min())}..{int(y.max())}")
+        if session.cfg["model"]["channels_last"] and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rng = np.random.default_rng([session.cfg["run"]["seed"], session.pos.step, session.micro, session.dist.rank])
+        x, target, _ = self.mixup(x, y, rng)
+        return classification_loss(module(x), target, session.cfg["loss"]["aux_weight"], token_maps=maps), {}
+
+    def val_loader(self, session):
+        if self._val_loader is None and self.bundle.val is not None:
+            self._val_loader = eval_loader(self.bundle.val, batch_size=session.cfg["data"]["eval_batch_size"],
+                                           workers=session.cfg["data"]["workers"], dist=session.dist,
+                                           pin_memory=session.device.type == "cuda")
+        return self._val_loader
+
+    def evaluate(self, session, model):
+        loader = self.val_loader(session)
+        if loader is None:
+            return None
+        return evaluate(model, loader, len(self.class_names), session.device, self.bundle.predict, session.amp,
+                        session.dist)
+
+    def eval_line(self, m: dict) -> str:
+        text = f"held-out top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f}"
+        if "ema_top1" in m:
+            text += f" | EMA top-1 {m['ema_top1']:.2f}%"
+        if m.get("skipped"):
+            text += f" | {m['skipped']} unreadable images skipped"
+        return text
+
+    def finish(self, session, last_eval):
+        from vitlab.engine.plots import plot_confusion
+        out = session.out
+        self.model.save_pretrained(out / "model", label_names=self.class_names)
+        summary = {"model": session.cfg["model"]["name"], "data": session.cfg["data"]["name"]}
+        if last_eval:
+            summary.update({k: last_eval.get(k) for k in ("top1", "top5", "loss", "count", "per_class", "confusion")})
+            if "ema_top1" in last_eval:
+                summary["ema_top1"] = last_eval["ema_top1"]
+            summary["class_names"] = self.class_names
+            if session.cfg["run"]["plots"] and last_eval.get("confusion") is not None:
+                plot_confusion(np.array(last_eval["confusion"]), self.class_names, out / "confusion.png",
+                               f"{session.cfg['model']['name']} on {session.cfg['data']['name']} ({out.name}): "
+                               f"held-out top-1 {last_eval['top1']:.2f}%")
+        return summary
+
+    def summary_line(self, s: dict) -> str:
+        if s.get("top1") is None:
+            return f"done -> {s['output']}"
+        return (f"held-out top-1: {s['top1']:.2f}%  top-5: {s['top5']:.2f}%  ({s['count']} images, "
+                f"step {s['step']})  -> {s['output']}")
