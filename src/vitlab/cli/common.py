@@ -72,3 +72,77 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vitlab.models.registry import UnknownModelError
     return (VitlabError, CheckpointError, UnknownModelError, ValueError, FileNotFoundError, PermissionError,
             IsADirectoryError, NotADirectoryError, OSError, TypeError, KeyError)
+
+
+# --- run configurations from the command line --------------------------------------------------------
+
+def flag_layer(args, flags: dict[str, str], switches: dict[str, tuple[str, object]] | None = None) -> dict:
+    """The config keys of the flags that were given (a flag left out - None - sets nothing).
+
+    ``flags``: argparse destination -> dotted config key; ``switches``: destination -> (key, value set
+    when the switch is on)."""
+    from vitlab.engine.config import put
+    layer: dict = {}
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            put(layer, key, list(value) if isinstance(value, tuple) else value)
+    for dest, (key, value) in (switches or {}).items():
+        if getattr(args, dest, None):
+            put(layer, key, value)
+    return layer
+
+
+def run_config(args, *, task: str | None, flags: dict[str, str], switches: dict | None = None,
+               extra: dict | None = None) -> dict:
+    """The run configuration of a training command: the task's defaults <- ``--preset`` <- ``--config`` (or, with
+    ``--resume``, the run's own ``config.yaml``) <- the flags given <- ``extra`` <- ``--set``."""
+    from pathlib import Path
+
+    from vitlab.engine.config import load_yaml, parse_set, preset_path
+    from vitlab.tasks import make_config
+    layers: list[tuple[str, dict]] = []
+    file = getattr(args, "config", None)
+    if getattr(args, "resume", None):
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (is it a vitlab run folder?)")
+        if file:
+            raise VitlabError("--resume continues a run with its own config.yaml; leave out --config")
+        file = saved
+    recipe = load_yaml(file) if file else {}
+    chosen = getattr(args, "task", None) or task or recipe.get("task") or "classification"
+    if recipe.get("task") not in (None, chosen):
+        raise VitlabError(f"{file} is a {recipe['task']!r} recipe, not {chosen!r}")
+    for name in ([args.preset] if getattr(args, "preset", None) else []):
+        path = preset_path(name, chosen)
+        layers.append((f"preset {path}", load_yaml(path)))
+    if file:
+        layers.append((str(file), recipe))
+    layers.append(("the command line", flag_layer(args, flags, switches)))
+    if extra:
+        layers.append(("the command line", extra))
+    layers.append(("--set", parse_set(getattr(args, "set", None))))
+    cfg = make_config(chosen, layers)
+    if getattr(args, "resume", None):
+        cfg["run"]["output"] = str(Path(args.resume))
+    return cfg
+
+
+def train_and_report(cfg: dict, args) -> int:
+    """Run ``cfg`` on the engine; print the summary as JSON with ``--json``."""
+    from vitlab.checkpoints.atomic import to_json
+    from vitlab.tasks import fit
+    summary = fit(cfg, resume=getattr(args, "resume", None), overwrite=bool(getattr(args, "overwrite", False)))
+    if getattr(args, "json", False) and summary:
+        print(to_json({k: v for k, v in summary.items() if k not in ("per_class", "confusion")}, indent=2))
+    return 0
+
+
+def pair(text: str) -> tuple[float, float]:
+    """``"0.4,1.0"`` -> (0.4, 1.0) for flags that take two numbers."""
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers like 0.4,1.0, got {text!r}")
+    return a, b

@@ -1,57 +1,68 @@
-"""``vitlab segment train|eval|data``: semantic segmentation on ADE20K-layout folders or the built-in set."""
+"""``vitlab segment train|eval|data``: semantic segmentation on ADE20K-layout folders or the built-in set.
+
+``segment train`` is ``vitlab train --task segmentation`` with the segmentation flags; ``segment eval``
+scores a run folder (its ``model/`` and its data settings: classes, ``reduce_zero_label``, crop size),
+a model folder or a model name with ``--checkpoint``.
+"""
 from __future__ import annotations
 
-import json
-import math
+import argparse
+
+from .common import add_flags, run_config, set_threads, train_and_report
+from .train import add_run_flags
 
 COMMAND = "segment"
 HELP = "semantic segmentation: train / evaluate (mIoU) / write the built-in texture-scenes set"
 
+FLAGS = {
+    "model": "model.name", "data": "data.name", "output": "run.output", "steps": "sched.steps", "epochs": "sched.epochs",
+    "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
+    "head_lr_mult": "optim.lr_mult.decode_head", "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad",
+    "warmup_steps": "sched.warmup_steps", "eval_interval": "run.eval_every_steps", "seed": "run.seed",
+    "device": "run.device", "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads",
+    "progress": "run.progress", "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every",
+    "log_every": "run.log_every", "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every",
+    "overlays": "seg.overlays", "backbone_weights": "seg.backbone_weights", "data_root": "seg.data_root",
+    "num_classes": "seg.num_classes", "reduce_zero_label": "seg.reduce_zero_label", "mode": "seg.mode",
+    "crop_size": "seg.crop_size", "stride": "seg.stride",
+}
+SWITCHES = {"channels_last": ("model.channels_last", True), "compile": ("model.compile", True),
+            "grad_checkpointing": ("model.grad_checkpointing", True)}
 
-def _data_args(p) -> None:
-    p.add_argument("--data", default="texture-scenes",
-                   help="'texture-scenes' (built in, generated on first use) or an ADE20K-layout folder")
-    p.add_argument("--data-root", default=None, help="where the built-in set is written (default: ~/.cache/vitlab)")
-    p.add_argument("--num-classes", type=int, default=None, help="needed for folders without dataset.json")
-    p.add_argument("--reduce-zero-label", action=__import__("argparse").BooleanOptionalAction, default=None,
-                   help="label 0 is 'other' -> ignored, c -> c-1 (ADE20K; default on for the built-in set)")
-    p.add_argument("--mode", choices=("whole", "slide"), default=None, help="inference mode (default: model's)")
-    p.add_argument("--crop-size", type=int, default=None, help="training crop / sliding-window size (64)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+def _data_args(p, with_data: bool = True) -> None:
+    if with_data:
+        add_flags(p, "data", data={"help": "'texture-scenes' (built in, generated on first use) or an ADE20K-layout "
+                                          "folder"})
+    p.add_argument("--data-root", help="where the built-in set is written (default: ~/.cache/vitlab)")
+    p.add_argument("--num-classes", type=int, help="needed for folders without dataset.json")
+    p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="label 0 is 'other' -> ignored, c -> c-1 (ADE20K; default: dataset.json's value)")
+    p.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the model's)")
+    p.add_argument("--crop-size", "--img-size", dest="crop_size", type=int, help="training crop / sliding window")
+    p.add_argument("--stride", type=int, help="sliding-window stride")
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    from vitlab.segmentation.train import DEFAULTS
     t = sub.add_parser("train", help="train a segmentor; writes config.yaml, metrics.jsonl, model/, eval.json")
-    opt = lambda name, kind, text: t.add_argument(  # noqa: E731  (unset options fall back to the YAML / defaults)
-        f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{text} (default {DEFAULTS[name]})")
-    opt("model", str, "model name")
-    opt("out", str, "run folder")
-    opt("iters", int, "training iterations")
-    opt("batch_size", int, "batch size")
-    opt("lr", float, "peak learning rate (AdamW, warm-up then poly decay)")
-    opt("head_lr_mult", float, "decode-head lr multiplier (SegViT uses 10 with a pretrained backbone)")
-    opt("weight_decay", float, "weight decay")
-    opt("warmup_iters", int, "linear warm-up iterations")
-    opt("eval_interval", int, "evaluate and checkpoint every N iterations")
-    opt("overlays", int, "validation overlays saved at the end")
-    opt("backbone_weights", str, "backbone checkpoint (timm or mmseg ViT layout)")
-    opt("seed", int, "seed of initialisation, data order and augmentation")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pth")
-    t.add_argument("--config", default=None, help="YAML file with any of these options (command line wins)")
-    _data_args(t)
+    add_run_flags(t)
+    _data_args(t, with_data=False)
+    t.add_argument("--iters", dest="steps", type=int, help=argparse.SUPPRESS)   # mmseg's name for --steps
+    t.add_argument("--out", dest="output", help=argparse.SUPPRESS)
+    t.add_argument("--head-lr-mult", type=float, help="decode-head lr multiplier (SegViT uses 10 with a pretrained "
+                                                      "backbone)")
+    t.add_argument("--warmup-steps", "--warmup-iters", dest="warmup_steps", type=int, help="linear warm-up steps")
+    t.add_argument("--eval-interval", type=int, metavar="STEPS", help="evaluate (and checkpoint) every N steps")
+    t.add_argument("--overlays", type=int, help="validation overlays written at the end")
+    t.add_argument("--backbone-weights", metavar="FILE", help="backbone checkpoint (timm or mmseg ViT layout)")
     e = sub.add_parser("eval", help="mIoU / mAcc / aAcc and a per-class IoU table")
-    e.add_argument("model", help="a model folder written by 'segment train' (…/model) or a model name")
-    e.add_argument("--checkpoint", default=None, help="weights for a model given by name (mmseg .pth works)")
-    e.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale test ratios")
-    e.add_argument("--flip", action="store_true", help="average with the horizontally flipped input")
-    e.add_argument("--overlays", type=int, default=0, help="save this many overlay PNGs into --out")
-    e.add_argument("--out", default=None, help="folder for eval.json and overlays")
-    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    e.add_argument("model", help="a segment-train run folder, a model folder, or a model name (with --checkpoint)")
+    add_flags(e, "checkpoint", "output", "overwrite", "device", "threads", "json", "amp")
+    e.add_argument("--scales", type=float, nargs="+", help="multi-scale test ratios")
+    e.add_argument("--flip", action="store_true", default=None, help="average with the horizontally flipped input")
+    e.add_argument("--overlays", type=int, default=0, help="write this many overlay PNGs into --output")
+    e.add_argument("--limit", type=int, help="evaluate only the first N images")
     _data_args(e)
     d = sub.add_parser("data", help="write the built-in texture-scenes set (ADE20K layout)")
     d.add_argument("out")
@@ -61,73 +72,72 @@ def add_arguments(parser) -> None:
     d.add_argument("--seed", type=int, default=0)
 
 
-def _print(result: dict, as_json: bool) -> None:
-    from vitlab.segmentation.metrics import format_table
-    if as_json:
-        print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
-    else:
-        print(format_table(result))
-
-
 def run(args) -> int:
-    import torch
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    set_threads(getattr(args, "threads", None))
     if args.action == "data":
         from vitlab.data.synthetic_scenes import write_texture_scenes
         root = write_texture_scenes(args.out, args.train, args.val, args.size, args.seed)
         print(f"wrote {args.train} training and {args.val} validation scenes to {root}")
         return 0
     if args.action == "train":
-        return _train(args)
-    return _eval(args)
+        return train_and_report(run_config(args, task="segmentation", flags=FLAGS, switches=SWITCHES), args)
+    return evaluate(args)
 
 
-def _train(args) -> int:
-    import yaml
-
-    from vitlab.segmentation.train import DEFAULTS, train
-    cfg = {}
-    if args.config:
-        with open(args.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        unknown = sorted(set(cfg) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"{args.config}: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
-    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
-    if args.data == "texture-scenes" and "data" in cfg:
-        given.pop("data")  # the parser's default does not override the file
-    if not args.resume:
-        given.pop("resume", None)
-    result = train({**cfg, **given}, progress=not args.json)
-    _print(result, args.json)
-    return 0
-
-
-def _eval(args) -> int:
+def _eval_config(args, model) -> dict:
+    """The segmentation config of the model's run (when there is one), the folder's data facts, then the flags."""
     from pathlib import Path
 
-    import vitlab
-    from vitlab.checkpoints.atomic import atomic_write_json
-    from vitlab.segmentation.train import build_datasets, evaluate
-    if Path(args.model).is_dir():
-        model = vitlab.from_pretrained(args.model)
-    else:
-        model = vitlab.create_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))
-        if args.checkpoint:
-            print(vitlab.load_checkpoint(model, args.checkpoint, strict=True))
-    model.eval()
-    cfg = {"data": args.data, "data_root": args.data_root, "reduce_zero_label": args.reduce_zero_label,
-           "num_classes": args.num_classes or model.num_classes, "crop_size": args.crop_size or 64, "ratio_range": (1, 1),
-           "seed": 0, "scale": None}
-    _, val = build_datasets(cfg, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+    from vitlab.engine.config import load_yaml, put
+    from vitlab.tasks import make_config
+    layers = []
+    run_cfg = Path(args.model) / "config.yaml"
+    if run_cfg.is_file():
+        saved = load_yaml(run_cfg)
+        layers.append((str(run_cfg), {k: v for k, v in saved.items() if k in ("task", "data", "seg")}))
+    info = getattr(model, "dataset_info", None) or {}
+    facts = {"seg": {k: info[k] for k in ("reduce_zero_label", "ignore_index") if k in info}}
+    layers.append((f"{args.model}/model/config.json", facts))
+    flags: dict = {}
+    for dest, key in (("data", "data.name"), ("data_root", "seg.data_root"), ("num_classes", "seg.num_classes"),
+                      ("reduce_zero_label", "seg.reduce_zero_label"), ("mode", "seg.mode"),
+                      ("crop_size", "seg.crop_size"), ("stride", "seg.stride"), ("scales", "seg.test_scales"),
+                      ("flip", "seg.test_flip"), ("limit", "seg.eval_limit"), ("device", "run.device"),
+                      ("amp", "amp.dtype")):
+        if getattr(args, dest, None) is not None:
+            put(flags, key, getattr(args, dest))
+    layers.append(("the command line", flags))
+    cfg = make_config("segmentation", layers)
+    if cfg["seg"]["num_classes"] is None:
+        cfg["seg"]["num_classes"] = model.num_classes
+    return cfg
+
+
+def evaluate(args) -> int:
+    """``segment eval``: score a segmentor on the validation split; eval.json / overlays with ``--output``."""
+    from pathlib import Path
+
+    from vitlab.checkpoints.atomic import atomic_write_json, to_json
+    from vitlab.engine.distributed import DistInfo
+    from vitlab.engine.run_folder import claim_run_folder
+    from vitlab.engine.runtime import resolve_device
+    from vitlab.segmentation.metrics import format_table
+    from vitlab.tasks.segmentation import evaluate_segmentation, segmentation_sets, write_overlays
+    from .common import load_model
+    model = load_model(args.model, args.checkpoint)
+    cfg = _eval_config(args, model)
+    device = resolve_device(cfg["run"]["device"], DistInfo())
+    pre = model.pretrained_cfg
+    _, val = segmentation_sets(cfg, pre["mean"], pre["std"], train=False)
     if val.num_classes != model.num_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes, the data has {val.num_classes}")
-    crop = (args.crop_size or 64) if args.mode == "slide" else None
-    result = evaluate(model, val, args.mode, crop, args.stride, tuple(args.scales), args.flip,
-                      overlay_dir=Path(args.out) / "overlays" if args.out else None,
-                      num_overlays=args.overlays if args.out else 0, limit=args.limit)
-    if args.out:
-        atomic_write_json(Path(args.out) / "eval.json", result)
-    _print(result, args.json)
+    model.to(device)
+    result = evaluate_segmentation(model, val, cfg["seg"], device, DistInfo(), cfg["amp"]["dtype"])
+    if args.output:
+        with claim_run_folder(args.output, overwrite=args.overwrite) as folder:
+            atomic_write_json(folder.path / "eval.json", result)
+            if args.overlays:
+                write_overlays(model, val, cfg["seg"], device, folder.path / "overlays", args.overlays,
+                               f"{getattr(model, 'model_name', args.model)}")
+    print(to_json(result, indent=2) if args.json else format_table(result))
     return 0
