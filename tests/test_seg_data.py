@@ -36,7 +36,7 @@ def test_texture_scenes_are_deterministic_ade_layout(scenes, tmp_path):
 def test_texture_regions_follow_the_mask(scenes):
     """Each labelled region has the colour statistics of its own texture (masks are exact)."""
     ds = SegmentationFolder(scenes, "training", reduce_zero_label=True)
-    img, label = ds.load(0)
+    img, label = ds.read(0)
     for c in label.unique():
         if c == 255:
             continue
@@ -83,10 +83,22 @@ def test_augmentation_keeps_image_and_label_aligned():
 def test_training_items_padded_with_ignore(scenes):
     ds = SegmentationFolder(scenes, "training", reduce_zero_label=True,
                             augment=SegAugment(crop_size=64, ratio_range=(0.5, 0.5)))
-    img, label = ds[0]
+    img, label = ds[(0, 7)]
     assert img.shape == (3, 64, 64) and (label[24:] == 255).all() and (img[:, 24:] == 0).all()
-    ds.set_epoch(0)
-    torch.testing.assert_close(ds[0][0], img)  # seeded by (seed, epoch, index)
+    torch.testing.assert_close(ds[(0, 7)][0], img)          # the sample's seed fixes its augmentation
+    assert not torch.equal(ds[(0, 8)][1], label) or not torch.equal(ds[(0, 8)][0], img)
+
+
+def test_overlay_png_has_titles_and_a_legend(tmp_path):
+    from vitlab.segmentation.visualize import save_overlay
+    pred = torch.zeros(16, 20, dtype=torch.long)
+    pred[:, 10:] = 2
+    label = pred.clone()
+    label[:4] = 255
+    path = save_overlay(tmp_path / "o.png", torch.zeros(3, 16, 20, dtype=torch.uint8), pred, label, 3,
+                        ["sky", "road", "car"], title="run x")
+    picture = np.asarray(Image.open(path))
+    assert picture.shape[1] > picture.shape[0] * 2 and picture.std() > 10   # three panels and a legend
 
 
 def test_overlay_panel_shape():

@@ -57,12 +57,13 @@ def test_metric_accumulates_areas_over_the_set():
     m.update(torch.tensor([[1, 1]]), torch.tensor([[1, 0]]))
     r = m.compute()
     # class 0: I=1, pred=2, label=2 -> IoU 1/3 ; class 1: I=2, pred=3, label=3 -> 2/4 ; class 2: absent (pred only at ignore)
-    assert r["per_class"]["sky"]["IoU"] == pytest.approx(1 / 3)
-    assert r["per_class"]["road"]["IoU"] == pytest.approx(0.5)
+    # every value in percent, as mmseg reports them
+    assert r["per_class"]["sky"]["IoU"] == pytest.approx(100 / 3)
+    assert r["per_class"]["road"]["IoU"] == pytest.approx(50.0)
     assert math.isnan(r["per_class"]["car"]["IoU"])
-    assert r["mIoU"] == pytest.approx((1 / 3 + 0.5) / 2)
-    assert r["mAcc"] == pytest.approx((1 / 2 + 2 / 3) / 2)
-    assert r["aAcc"] == pytest.approx(3 / 5)
+    assert r["mIoU"] == pytest.approx(100 * (1 / 3 + 0.5) / 2)
+    assert r["mAcc"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+    assert r["aAcc"] == pytest.approx(60.0)
     table = format_table(r)
     assert "road" in table and "50.00" in table and "nan" in table
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
@@ -73,4 +74,4 @@ def test_metric_is_not_a_mean_of_per_image_scores():
     m = SegmentationMetric(2)
     m.update(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10, dtype=torch.long))  # perfect big image
     m.update(torch.tensor([[1]]), torch.tensor([[0]]))  # one wrong pixel
-    assert m.compute()["per_class"]["0"]["IoU"] == pytest.approx(10 / 11)
+    assert m.compute()["per_class"]["0"]["IoU"] == pytest.approx(100 * 10 / 11)

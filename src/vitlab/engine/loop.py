@@ -380,7 +380,8 @@ def evaluate(s: Session) -> dict | None:
         return None
     if s.ema is not None:
         ema = s.task.evaluate(s, s.ema.module) or {}
-        metrics.update({f"ema_{k}": v for k, v in ema.items() if isinstance(v, (int, float))})
+        metrics.update({f"ema_{k}": v for k, v in ema.items()
+                        if isinstance(v, (int, float)) and k not in ("images_per_s", "count", "skipped")})
     s.task.model.train()
     s.last_eval, s.last_eval_step = metrics, s.pos.step
     epoch = s.pos.epoch + (1 if s.pos.samples_in_epoch else 0)       # the epoch in progress, or just ended
@@ -437,7 +438,8 @@ def fit(cfg: dict, task, *, resume: str | Path | None = None, overwrite: bool = 
             while s.pos.step < s.max_steps:
                 train_one_epoch(s)
             summary = finish_run(s)
-            s.log(s.task.summary_line(summary))
+            if s.is_main:
+                s.log(s.task.summary_line(summary))
             return summary
     finally:
         cleanup(dist)

@@ -5,13 +5,19 @@ Hungarian matching, since query c is bound to class c):
 
 * ``loss_ce``: cross-entropy of every query over ``num_classes + 1`` logits, target c for the
   classes present in the image and "no object" otherwise, the no-object class weighted ``eos_coef``
-  (0.1), as a weighted mean;
+  (0.1), as a weighted mean over the queries of the whole batch - of all processes under torchrun
+  (the weight sum is all-reduced like the number of masks), so a DDP step computes the loss of
+  the global batch;
 * ``loss_mask``: sigmoid focal loss (alpha 0.25, gamma 2) of the present classes' masks, upsampled
   bilinearly to the label size, mean over pixels, summed over masks / number of masks, x 20;
 * ``loss_dice``: dice loss (+1 smoothing) of the same masks, x 1.
 
 Ignored pixels are negatives (0) in every target mask, as in the official criterion. Every
 auxiliary output (deep supervision) gets the same terms with the suffix ``_i``.
+
+Pixel cross-entropy (UperNet, Semantic FPN) is mmseg's default: averaged over every pixel of the
+batch, ignored ones contributing 0 (``avg_non_ignore=False``), which also makes the mean over equal
+per-process batches the global mean.
 """
 from __future__ import annotations
 
@@ -59,12 +65,18 @@ def present_classes(label: torch.Tensor, num_classes: int, ignore_index: int) ->
     return batch_idx, cls_idx
 
 
-def _global_num_masks(n: int, device) -> float:
-    num = torch.as_tensor([float(n)], device=device)
+def _global_mean_count(n, device) -> torch.Tensor:
+    """``n`` (a count or weight sum) averaged over the processes: dividing a local sum by it and averaging the
+    results over processes (DDP's gradient mean) gives the global sum / the global count."""
+    num = torch.as_tensor(n, dtype=torch.float32, device=device).reshape(1).clone()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(num)
         num = num / dist.get_world_size()
-    return max(float(num.item()), 1.0)
+    return num[0]
+
+
+def _global_num_masks(n: int, device) -> float:
+    return max(float(_global_mean_count(float(n), device).item()), 1.0)
 
 
 class ATMLoss(nn.Module):
@@ -95,7 +107,9 @@ class ATMLoss(nn.Module):
         logits = out["pred_logits"]
         target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
         target[batch_idx, cls_idx] = cls_idx
-        terms = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target, self.class_weights(logits.device))}
+        weights = self.class_weights(logits.device)
+        ce = F.cross_entropy(logits.transpose(1, 2), target, weights, reduction="sum")
+        terms = {"loss_ce": ce / _global_mean_count(weights[target].sum().detach(), logits.device).clamp_min(1e-12)}
         masks = out["pred_masks"][batch_idx, cls_idx]
         if masks.shape[-2:] != target_masks.shape[-2:]:  # (a same-size bilinear resize is the identity)
             masks = F.interpolate(masks[:, None], size=target_masks.shape[-2:], mode="bilinear",
@@ -123,4 +137,4 @@ def pixel_cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index:
     upsampled bilinearly to the label size first."""
     if logits.shape[-2:] != label.shape[-2:]:
         logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits, label, ignore_index=ignore_index)
+    return F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum") / label.numel()
