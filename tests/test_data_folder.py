@@ -46,18 +46,16 @@ def test_corrupt_images_are_skipped_and_named(tmp_path):
     assert all(s.split(": ", 1)[1] for s in skipped)  # Pillow's message comes along
 
 
-@pytest.mark.xfail(raises=TypeError, strict=False,
-                   reason="evaluate() still adds collate_skipping's third element as a count; it is now a list of "
-                          "'path: reason' lines")
 def test_corrupt_images_are_reported_by_evaluation(tmp_path):
-    from vitlab.engine.builders import eval_loader
+    from vitlab.engine.loaders import eval_loader
     from vitlab.engine.distributed import DistInfo
     from vitlab.engine.evaluate import evaluate
     _make_folder(tmp_path, corrupt=3)
     ds = ImageFolder(tmp_path, build_eval_transform(CFG))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
-    res = evaluate(model, eval_loader(ds, 4, 0, DistInfo()), 2, torch.device("cpu"))
+    res = evaluate(model, eval_loader(ds, batch_size=4, workers=0, dist=DistInfo()), 2, torch.device("cpu"))
     assert res["count"] == 10 and res["skipped"] == 3
+    assert sorted(n.split(": ")[0].rsplit("/", 1)[-1] for n in res["skipped_files"]) == [f"broken{i}.jpg" for i in range(3)]
 
 
 def test_empty_class_folder_is_an_error(tmp_path):

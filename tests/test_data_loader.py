@@ -6,14 +6,16 @@ import itertools
 import torch
 
 from vitlab.data.sampler import SeededSampler
-from vitlab.engine.builders import build_data, train_loader
 from vitlab.engine.distributed import DistInfo
+from vitlab.engine.loaders import train_loader
+from vitlab.tasks.classification import build_image_data
 from test_train_utils import micro_config
 
 
 def _batches(cfg, n=3):
-    bundle, _ = build_data(cfg)
-    loader, sampler = train_loader(bundle.train, cfg, DistInfo())
+    bundle, _ = build_image_data(cfg)
+    loader, sampler = train_loader(bundle.train, batch_size=cfg["data"]["batch_size"], accum_steps=1,
+                                   workers=cfg["data"]["workers"], seed=cfg["run"]["seed"], dist=DistInfo())
     sampler.set_epoch(1)
     return [b[:2] for b in itertools.islice(iter(loader), n)]
 

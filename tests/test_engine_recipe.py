@@ -10,11 +10,13 @@ import torch.nn.functional as F
 
 import vitlab
 from vitlab.data.mixup import Mixup, smooth_one_hot
-from vitlab.engine.config import build_config, parse_set
+from vitlab.engine.config import parse_set
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.losses import classification_loss, soft_cross_entropy
-from vitlab.engine.optim import create_optimizer, layer_ids, param_groups
-from vitlab.engine.scheduler import WarmupCosine, lr_at
+from vitlab.engine.optim import clip_gradients, create_optimizer, layer_ids, param_groups
+from vitlab.engine.schedule import StepSchedule, cosine_value, lr_at, poly_lr_at
+from vitlab.errors import ConfigError
+from vitlab.tasks import make_config
 from vitlab.models.base import TrainOutput
 
 
@@ -43,8 +45,43 @@ def test_layer_decay_scales_grow_with_depth(volo):
     assert scale["head.weight"] == 1.0 and scale["patch_embed.conv.0.weight"] == 0.5 ** (num_layers - 1)
     opt = create_optimizer(volo, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999],
                                   "eps": 1e-8, "layer_decay": 0.5})
-    sched = WarmupCosine(opt, 100, 1e-3)
+    sched = StepSchedule(opt, name="cosine", base_lr=1e-3, total_steps=100)
     assert all(g["lr"] / g["lr_scale"] == pytest.approx(sched.current()) for g in opt.param_groups)
+
+
+def test_lr_multiplier_by_prefix_and_dino_weight_decay_rule(volo):
+    groups = param_groups(volo, 0.05, lr_mult={"head": 10.0, "aux_head": 3.0})
+    scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    assert scale["head.weight"] == 10.0 and scale["aux_head.weight"] == 3.0 and scale["norm.weight"] == 1.0
+    wd = {n for g in param_groups(volo, 0.05, no_decay_from_model=False) if g["wd_scale"] for n in g["param_names"]}
+    assert {"pos_embed", "cls_token"} <= wd and "norm.weight" not in wd   # DINO: only biases and 1-D tensors skip
+    assert "pos_embed" not in {n for g in param_groups(volo, 0.05) if g["wd_scale"] for n in g["param_names"]}
+
+
+def test_weight_decay_schedule_and_per_parameter_clipping():
+    model = torch.nn.Linear(4, 3)
+    opt = create_optimizer(model, {"name": "adamw", "lr": 1.0, "weight_decay": 0.04, "betas": [0.9, 0.999],
+                                   "eps": 1e-8})
+    sched = StepSchedule(opt, name="cosine", base_lr=1.0, total_steps=10, weight_decay=0.04, weight_decay_end=0.4)
+    for _ in range(5):
+        sched.step()
+    decayed = [g for g in opt.param_groups if g["wd_scale"]]
+    assert decayed[0]["weight_decay"] == pytest.approx(cosine_value(5, 10, 0.04, 0.4)) == pytest.approx(0.22)
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups if not g["wd_scale"])   # the bias
+    model.weight.grad, model.bias.grad = torch.full((3, 4), 3.0), torch.full((3,), 0.1)
+    clip_gradients(model.parameters(), 1.0, "per_param")
+    assert model.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert model.bias.grad.norm().item() == pytest.approx(0.1 * 3 ** 0.5, rel=1e-5)   # below the limit: untouched
+
+
+def test_poly_schedule_decays_over_every_step_as_mmcv():
+    """mmcv's PolyLrUpdaterHook: (base - min) * (1 - t/T)^p + min over all T steps, warm-up multiplies it."""
+    base, T, W, ratio = 6e-5, 100, 10, 1e-6
+    assert poly_lr_at(0, T, base, W, base * ratio) == pytest.approx(base * ratio)
+    assert poly_lr_at(5, T, base, W, base * ratio) == pytest.approx(base * 0.95 * (1 - 0.5 * (1 - ratio)))
+    assert poly_lr_at(10, T, base, W) == pytest.approx(base * 0.9)       # not base: the decay started at step 0
+    assert poly_lr_at(55, T, base, W, min_lr=1e-6, power=1.0) == pytest.approx((base - 1e-6) * 0.45 + 1e-6)
+    assert poly_lr_at(100, T, base, W) == 0.0
 
 
 def test_warmup_then_cosine_per_step():
@@ -137,11 +174,63 @@ def test_label_smoothing_and_mixup_targets():
 
 
 def test_config_merging_and_errors(tmp_path):
+    from vitlab.engine.config import load_yaml
     (tmp_path / "r.yaml").write_text("optim:\n  lr: 0.01\nmodel:\n  kwargs:\n    img_size: 32\n")
-    cfg = build_config(tmp_path / "r.yaml", parse_set(["optim.lr=3e-4", "model.kwargs.patch_size=4"]))
+    cfg = make_config("classification", [("r.yaml", load_yaml(tmp_path / "r.yaml")),
+                                         ("--set", parse_set(["optim.lr=3e-4", "model.kwargs.patch_size=4"]))])
     assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["kwargs"] == {"img_size": 32, "patch_size": 4}
-    assert cfg["optim"]["weight_decay"] == 0.05
-    with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
-        build_config(overrides={"optim": {"learning_rate": 1}})
-    with pytest.raises(ValueError, match="--set expects key.path=value"):
+    assert cfg["optim"]["weight_decay"] == 0.05 and cfg["task"] == "classification"
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate' in x"):
+        make_config("classification", [("x", {"optim": {"learning_rate": 1}})])
+    with pytest.raises(ConfigError, match="--set expects section.key=value"):
         parse_set(["optim.lr"])
+    with pytest.raises(ConfigError, match="unknown config key 'seg' in x"):
+        make_config("classification", [("x", {"seg": {"crop_size": 3}})])   # a section of another task
+    assert make_config("segmentation", [("x", {"seg": {"crop_size": 3}})])["seg"]["crop_size"] == 3
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"optim": {"lr": "abc"}}, "optim.lr: expected a number, got 'abc' (a string)"),
+    ({"optim": {"weight_decay": [1, 2]}}, "optim.weight_decay: expected a number, got [1, 2] (a list)"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas: expected a list of 2 values"),
+    ({"sched": {"epochs": 2.5}}, "sched.epochs: expected an integer, got 2.5"),
+    ({"sched": {"epochs": 0}}, "sched.epochs: must be at least 1, got 0"),
+    ({"data": {"batch_size": 0}}, "data.batch_size: must be at least 1"),
+    ({"optim": {"accum_steps": 0}}, "optim.accum_steps: must be at least 1"),
+    ({"ema": {"enabled": "yes"}}, "ema.enabled: expected true or false, got 'yes'"),
+    ({"amp": {"dtype": "fp8"}}, "amp.dtype: must be one of null, bf16, fp16, got 'fp8'"),
+    ({"model": {"kwargs": [1]}}, "model.kwargs: expected a mapping"),
+    ({"optim": 3}, "section 'optim' must be a mapping"),
+])
+def test_wrong_types_are_refused_naming_the_key(layer, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                       .replace(")", r"\)").replace(".", r"\.")):
+        make_config("classification", [("x", layer)])
+
+
+def test_a_corrupt_yaml_file_names_the_file_and_line(tmp_path):
+    from vitlab.engine.config import load_yaml
+    (tmp_path / "bad.yaml").write_text("model:\n  name: volo_micro\n  kwargs: {img_size: 32\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+:\d+: not valid YAML .*line 3"):
+        load_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping of config sections"):
+        load_yaml(tmp_path / "list.yaml")
+
+
+def test_an_explicit_flag_beats_a_preset_even_when_it_equals_the_default(tmp_path):
+    """`vitlab pretrain --preset small --lr 5e-4 --global-size 224` used to run at lr 0.004 and 32 px."""
+    import argparse
+    from vitlab.cli import pretrain
+    from vitlab.cli.common import run_config
+    parser = argparse.ArgumentParser()
+    pretrain.add_arguments(parser)
+    small = run_config(parser.parse_args(["--preset", "small"]), task="pretraining", flags=pretrain.FLAGS,
+                       switches=pretrain.SWITCHES)
+    assert (small["optim"]["lr"], small["esvit"]["global_size"], small["esvit"]["n_local"]) == (0.004, 32, 0)
+    args = parser.parse_args(["--preset", "small", "--lr", "5e-4", "--global-size", "224", "--n-local", "8"])
+    cfg = run_config(args, task="pretraining", flags=pretrain.FLAGS, switches=pretrain.SWITCHES)
+    assert (cfg["optim"]["lr"], cfg["esvit"]["global_size"], cfg["esvit"]["n_local"]) == (5e-4, 224, 8)
+    assert cfg["esvit"]["out_dim"] == 1024                                 # the rest of the preset stays
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
+        run_config(parser.parse_args(["--preset", "tiny"]), task="pretraining", flags=pretrain.FLAGS)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from vitlab.cli.main import main as vitlab_main
-from vitlab.engine.trainer import train
-from test_train_utils import micro_config
+from test_train_utils import micro_config, train
 
 MICRO = ["--set", "model.kwargs.img_size=16", "--set", "model.kwargs.patch_size=4", "--set", "model.kwargs.in_chans=1",
          "--set", "data.options.held_out=200", "--set", "aug.crop_pct=1.0"]
@@ -57,5 +56,38 @@ def test_checkpoint_for_another_class_count_is_a_clear_error(run_dir, tmp_path, 
     state = {k: (v[:4] if k.split(".")[0] in ("head", "aux_head") else v) for k, v in state.items()}
     torch.save(state, tmp_path / "four.pth")
     assert vitlab_main(["eval", "--model", "volo_micro", "--checkpoint", str(tmp_path / "four.pth"),
-                        "--data", "digits"] + MICRO) == 1
-    assert "classifier for 4 classes but dataset 'digits' has 10 classes" in capsys.readouterr().err
+                        "--data", "digits"] + MICRO) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlab eval: error: checkpoint") and len(err.strip().splitlines()) == 1
+    assert "classifier for 4 classes but dataset 'digits' has 10 classes" in err
+
+
+def test_eval_output_folder_is_not_overwritten_by_accident(run_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert vitlab_main(["eval", "--model", str(run_dir), "--output", str(out)]) == 0
+    before = (out / "eval.json").read_bytes()
+    assert vitlab_main(["eval", "--model", str(run_dir), "--output", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err and (out / "eval.json").read_bytes() == before
+    assert vitlab_main(["eval", "--model", str(run_dir), "--output", str(out), "--overwrite"]) == 0
+    text = (out / "eval.json").read_text()
+    assert "NaN" not in text and json.loads(text)["count"] == 200
+
+
+def test_eval_of_a_named_folder_scores_every_image(tmp_path, capsys):
+    """--data PATH without a train/val split used to score a seeded 10 % of the folder."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    res = _json(capsys, ["eval", "--model", "volo_micro", "--data", str(tmp_path / "imgs"), "--json",
+                         "--set", "model.kwargs.img_size=16", "--set", "model.kwargs.patch_size=4"])
+    assert res["count"] == 20 and res["source"].startswith("all of")
+
+
+def test_unknown_model_and_missing_folder_are_one_line_errors(capsys):
+    assert vitlab_main(["eval", "--model", "volo_d9"]) == 2
+    assert "unknown model name 'volo_d9'" in capsys.readouterr().err
+    assert vitlab_main(["eval", "--model", "./no/such/run"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""End-to-end training on a micro model: the run folder, learning, errors, NaN handling."""
+"""End-to-end classification on the engine: the run folder, learning, errors, NaN handling, bad input."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,8 @@ import torch
 
 from vitlab.data.datasets import ArrayDataset
 from vitlab.data.registry import DatasetBundle, register_dataset
-from vitlab.engine.checkpoint import load_training_state
-from vitlab.engine.trainer import TrainingDiverged, train
-from test_train_utils import micro_config, read_metrics
+from vitlab.errors import ConfigError, DataError, RunFolderError, TrainingDiverged
+from test_train_utils import load_state, micro_config, read_metrics, train, train_losses
 
 
 def test_micro_run_learns_and_writes_its_folder(tmp_path):
@@ -21,31 +20,49 @@ def test_micro_run_learns_and_writes_its_folder(tmp_path):
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.yaml", "metrics.jsonl", "last.pth", "best.pth", "final.json", "curves.png", "confusion.png",
             "model"} <= files
+    assert ".lock" not in files                                     # released at the end
     records = read_metrics(tmp_path / "run")
     evals = [r for r in records if r["kind"] == "eval"]
-    train_losses = [r["loss"] for r in records if r["kind"] == "train"]
-    assert len(evals) == 3 and all("ema_top1" in r for r in evals)
-    assert np.mean(train_losses[-4:]) < np.mean(train_losses[:4]) - 0.3   # it learns
-    assert result["top1"] > 25.0                            # 10 classes: chance is 10%
-    state = load_training_state(tmp_path / "run")
-    assert state["step"] == result["step"] == 3 * (320 // 16)
-    assert state["state_dict_ema"] is not None and state["num_classes"] == 10
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    losses = train_losses(tmp_path / "run")
+    assert len(evals) == len(epochs) == 3 and all("ema_top1" in r for r in evals)
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3         # it learns
+    assert result["top1"] > 25.0                                     # 10 classes: chance is 10%
+    state = load_state(tmp_path / "run")
+    assert state["format"] == "vitlab.training_state" and state["step"] == result["step"] == 3 * (320 // 16)
+    assert state["state_dict_ema"] is not None and state["meta"]["num_classes"] == 10
     final = json.loads((tmp_path / "run" / "final.json").read_text())
-    assert np.array(final["confusion"]).sum() == 200
+    assert np.array(final["confusion"]).sum() == 200 and final["top1"] == pytest.approx(evals[-1]["top1"])
 
 
 def test_config_yaml_repeats_the_run(tmp_path):
-    from vitlab.engine.config import build_config
+    from vitlab.engine.config import load_yaml
+    from vitlab.tasks import make_config
     cfg = micro_config(tmp_path / "a", sched={"epochs": 1, "max_steps": 4})
     train(cfg)
-    again = build_config(tmp_path / "a" / "config.yaml", {"run": {"output": str(tmp_path / "b")}})
+    again = make_config("classification", [("a", load_yaml(tmp_path / "a" / "config.yaml")),
+                                           ("b", {"run": {"output": str(tmp_path / "b")}})])
     train(again)
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
 
 
+def test_a_run_folder_is_never_reused_by_accident(tmp_path):
+    cfg = micro_config(tmp_path / "run", sched={"epochs": 1, "max_steps": 2})
+    train(cfg)
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    with pytest.raises(RunFolderError, match="already holds files.*--resume.*--overwrite"):
+        train(cfg)
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before    # nothing was touched
+    train(cfg, overwrite=True)                                        # replacing it is asked for explicitly
+    (tmp_path / "run" / ".lock").write_text("1@some-other-host\n")   # another machine's run is writing here
+    with pytest.raises(RunFolderError, match="in use by process 1 on some-other-host"):
+        train(cfg, resume=tmp_path / "run")
+
+
 def _register(name, images, labels, num_classes):
     def build(req):
-        ds = ArrayDataset(images, labels, num_classes, req.train_transform)
+        ds = ArrayDataset(images, np.zeros_like(labels), num_classes, req.train_transform)
         ds.labels = labels  # bypasses the constructor check, as a plugin dataset might
         return DatasetBundle(train=ds, val=ArrayDataset(images[:8], np.zeros(8, np.int64), num_classes,
                                                         req.eval_transform),
@@ -79,28 +96,50 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
                        run={"checkpoint_every": 2})
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5 \(epoch 1\).*last good checkpoint"):
         train(cfg)
-    state = load_training_state(tmp_path / "run")
+    state = load_state(tmp_path / "run")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_nan_under_autocast_is_redone_in_fp32(tmp_path, monkeypatch, capsys):
+    import vitlab.engine.losses as losses
+    from vitlab.tasks import classification
+    original = losses.classification_loss
+
+    def flaky(*a, **k):
+        loss = original(*a, **k)
+        return loss * float("nan") if torch.is_autocast_enabled("cpu") else loss
+    monkeypatch.setattr(classification, "classification_loss", flaky)
+    result = train(micro_config(tmp_path / "run", amp={"dtype": "bf16"}, sched={"epochs": 1, "max_steps": 3}))
+    assert result["step"] == 3 and "redoing the step in fp32" in capsys.readouterr().out
+    assert all(np.isfinite(train_losses(tmp_path / "run")))
+    assert load_state(tmp_path / "run")["engine"]["amp"] is None     # autocast stays off, also after --resume
 
 
 def test_labels_out_of_range_give_a_clear_error(tmp_path):
     images = np.zeros((32, 16, 16), dtype=np.uint8)
     _register("test-badlabels", images, np.full(32, 7), 4)
     cfg = micro_config(tmp_path / "run", data={"name": "test-badlabels", "batch_size": 8, "options": {}})
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\]"):
+    with pytest.raises(DataError, match=r"labels must be in \[0, 3\]"):
         train(cfg)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\] for 4 classes"):
         ArrayDataset(images, np.full(32, 7), 4)
 
 
-def test_resume_refuses_a_checkpoint_for_another_class_count(tmp_path):
+def test_resume_refuses_another_class_count_model_or_batch(tmp_path):
     train(micro_config(tmp_path / "run", sched={"epochs": 1, "max_steps": 2}))
     images = np.zeros((32, 16, 16), dtype=np.uint8)
     _register("test-4cls", images, np.arange(32) % 4, 4)
-    cfg = micro_config(tmp_path / "run", data={"name": "test-4cls", "options": {}})
-    with pytest.raises(ValueError, match="trained for 10 classes but the dataset has 4"):
-        train(cfg, resume=tmp_path / "run")
+    with pytest.raises(ConfigError, match="trained for 10 classes but the dataset has 4"):
+        train(micro_config(tmp_path / "run", data={"name": "test-4cls", "options": {}}), resume=tmp_path / "run")
+    with pytest.raises(ConfigError, match="trained model 'volo_micro'; it cannot continue as 'pale_micro'"):
+        train(micro_config(tmp_path / "run", model={"name": "pale_micro", "kwargs": {}}), resume=tmp_path / "run")
+    with pytest.raises(ConfigError, match="global batch was 16, now it would be 8"):
+        train(micro_config(tmp_path / "run", data={"batch_size": 8}), resume=tmp_path / "run")
+    (tmp_path / "run" / "last.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunFolderError, match="last.pth is not a readable training state"):
+        train(micro_config(tmp_path / "run"), resume=tmp_path / "run")
 
 
 def test_token_labels_and_mix_token_train_the_aux_head(tmp_path):
@@ -111,8 +150,7 @@ def test_token_labels_and_mix_token_train_the_aux_head(tmp_path):
                                                             "token_labels": str(tmp_path / "maps.pt")})
     result = train(micro_config(tmp_path / "run", **recipe))
     assert result["step"] == 3
-    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    assert all(np.isfinite(losses))
+    assert all(np.isfinite(train_losses(tmp_path / "run")))
     bad = micro_config(tmp_path / "bad", **recipe)
     bad["aug"]["hflip"] = 0.5
     with pytest.raises(ValueError, match="token labels are not warped.*aug.hflip"):
@@ -126,13 +164,10 @@ def test_token_labels_and_mix_token_train_the_aux_head(tmp_path):
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     common = dict(model={"freeze_bn": True}, sched={"epochs": 1, "max_steps": 4})
-    big = micro_config(tmp_path / "big", data={"batch_size": 16}, **common)
-    acc = micro_config(tmp_path / "acc", data={"batch_size": 8}, optim={"lr": 2e-3, "accum_steps": 2}, **common)
-    train(big)
-    train(acc)
-    loss = lambda d: [r["loss"] for r in read_metrics(d) if r["kind"] == "train"]  # noqa: E731
-    assert len(loss(tmp_path / "acc")) == 4
-    assert loss(tmp_path / "acc") == pytest.approx(loss(tmp_path / "big"), rel=1e-4)
+    train(micro_config(tmp_path / "big", data={"batch_size": 16}, **common))
+    train(micro_config(tmp_path / "acc", data={"batch_size": 8}, optim={"lr": 2e-3, "accum_steps": 2}, **common))
+    assert len(train_losses(tmp_path / "acc")) == 4
+    assert train_losses(tmp_path / "acc") == pytest.approx(train_losses(tmp_path / "big"), rel=1e-4)
 
 
 def test_speed_and_memory_switches_run(tmp_path):
@@ -140,9 +175,27 @@ def test_speed_and_memory_switches_run(tmp_path):
     cfg = micro_config(tmp_path / "run", amp={"dtype": "bf16"}, sched={"epochs": 1, "max_steps": 3},
                        model={"channels_last": True, "grad_checkpointing": True, "drop_path": 0.1},
                        optim={"clip_grad": 1.0, "layer_decay": 0.75, "lr": 2e-3})
-    result = train(cfg, return_model=True)
-    assert result["step"] == 3 and result["model"].grad_checkpointing
-    assert all(np.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run") if r["kind"] == "train")
+    assert train(cfg)["step"] == 3
+    assert all(np.isfinite(train_losses(tmp_path / "run")))
+
+
+def test_train_limit_keeps_every_class(tmp_path):
+    """A small train_limit used to keep the first N images of a class-sorted array (2 of 10 classes)."""
+    train(micro_config(tmp_path / "run", data={"options": {"held_out": 200, "train_limit": 100}},
+                       sched={"epochs": 1, "max_steps": 1}))
+    data = read_metrics(tmp_path / "run")[0]
+    assert data["kind"] == "data" and data["train"] == 100 and data["train_classes"] == 10
+
+
+def test_a_short_run_still_draws_its_curves(tmp_path):
+    """A run shorter than log_every has no train records: the per-epoch records are drawn instead."""
+    from PIL import Image
+    train(micro_config(tmp_path / "run", sched={"epochs": 2}, data={"options": {"held_out": 200, "train_limit": 64}},
+                       run={"log_every": 1000, "plots": True}))
+    kinds = {r["kind"] for r in read_metrics(tmp_path / "run")}
+    assert "train" not in kinds and {"epoch", "eval"} <= kinds
+    with Image.open(tmp_path / "run" / "curves.png") as im:
+        assert im.size[0] > 1000 and np.asarray(im.convert("L")).std() > 10
 
 
 @pytest.mark.slow

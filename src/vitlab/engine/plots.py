@@ -71,7 +71,7 @@ def _metric_panel(ax, records: list[dict], metric: str | None) -> None:
     if steps:
         ax.plot(steps, values, "o-", ms=4, label=metric)
         for x, y in zip(steps[-1:], values[-1:]):
-            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(-34, 6), fontsize=8)
     e_steps, e_values = _series(records, "eval", f"ema_{metric}")
     if e_steps:
         ax.plot(e_steps, e_values, "s--", ms=4, label=f"EMA {metric}")

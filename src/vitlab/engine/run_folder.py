@@ -36,20 +36,28 @@ def _read_lock(lock: Path) -> tuple[int | None, str]:
         return None, ""
 
 
+def _check_lock(folder: Path) -> bool:
+    """Refuse a folder another live run holds; True when a stale lock (a killed run's) was removed."""
+    lock = folder / LOCK_NAME
+    if not lock.exists():
+        return False
+    pid, host = _read_lock(lock)
+    if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
+        lock.unlink(missing_ok=True)                # left by a run that was killed: take it over
+        return True
+    owner = f"process {pid} on {host or 'an unknown host'}" if pid is not None else "another process"
+    raise RunFolderError(f"{folder} is in use by {owner} (lock file {lock}); wait for that run to end, or "
+                         f"delete the lock file if no run is using the folder")
+
+
 def _take_lock(folder: Path) -> Path:
     lock = folder / LOCK_NAME
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            pid, host = _read_lock(lock)
-            here = socket.gethostname()
-            if pid is not None and host == here and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)        # left by a run that was killed: take it over
+            if _check_lock(folder):
                 continue
-            owner = f"process {pid} on {host or 'an unknown host'}" if pid is not None else "another process"
-            raise RunFolderError(f"{folder} is in use by {owner} (lock file {lock}); wait for that run to end, or "
-                                 f"delete the lock file if no run is using the folder") from None
         except OSError as e:
             raise RunFolderError(f"cannot write into {folder}: {e.strerror or e}") from e
         with os.fdopen(fd, "w") as f:
@@ -85,6 +93,8 @@ class RunFolder:
 def _claim(path: Path, resume: bool, overwrite: bool) -> RunFolder:
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"--output {path} is a file, not a folder")
+    if path.is_dir():
+        _check_lock(path)
     held = _holds_files(path)
     if resume and not held:
         raise RunFolderError(f"--resume {path}: the folder holds no run to continue")

@@ -103,6 +103,10 @@ class VitlabModel(nn.Module):
         save_pretrained(self, directory, label_names=label_names, dataset=dataset)
 
     # --- helpers for subclasses -----------------------------------------------------------------
+    def _weight_dtype(self) -> torch.dtype | None:
+        """The dtype of the weights (what inputs must match outside autocast)."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+
     def _run_blocks(self, blocks, x: torch.Tensor) -> torch.Tensor:
         """Run a sequence of blocks, with activation checkpointing when enabled and training."""
         if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
@@ -115,17 +119,28 @@ class VitlabModel(nn.Module):
         return x
 
 
+def check_batch_and_dtype(x: torch.Tensor, name: str, dtype: torch.dtype | None) -> None:
+    """A readable error for an empty batch, a non-float input, or an input whose dtype differs from the weights'
+    outside autocast (e.g. fp16 images into an fp32 model)."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} got an empty batch (0 images, shape {tuple(x.shape)}); give it at least one")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point input, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has {dtype} weights but got a {x.dtype} input: convert one to the other "
+                        f"(x.to({dtype}) or model.to({x.dtype})), or run it under torch.autocast")
+
+
 def check_image_input(x: torch.Tensor, in_chans: int, name: str, multiple_of: int = 1,
-                      expected_hw: tuple[int, int] | None = None) -> None:
-    """Raise a readable error for an input that is not an (B, in_chans, H, W) image batch of valid size."""
+                      expected_hw: tuple[int, int] | None = None, dtype: torch.dtype | None = None) -> None:
+    """Raise a readable error for an input that is not an (B, in_chans, H, W) image batch of valid size and type."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(f"{name} expects input of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    check_batch_and_dtype(x, name, dtype)
     h, w = x.shape[-2:]
     if h % multiple_of or w % multiple_of:
         raise ValueError(f"{name} needs height and width divisible by {multiple_of}, got {h}x{w}")
     if expected_hw is not None and (h, w) != tuple(expected_hw):
         raise ValueError(f"{name} was built for {expected_hw[0]}x{expected_hw[1]} inputs, got {h}x{w}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} expects a floating-point image tensor, got {x.dtype}")

@@ -164,7 +164,7 @@ class PaleTransformer(VitlabModel):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def _check(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, "PaleTransformer")
+        check_image_input(x, self.in_chans, "PaleTransformer", dtype=self._weight_dtype())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, ceil(H/32), ceil(W/32)) map of the last stage after the final LayerNorm, NCHW shape with

@@ -220,7 +220,8 @@ class SwinTransformer(VitlabModel):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, "SwinTransformer", multiple_of=self.patch_size)
+        check_image_input(x, self.in_chans, "SwinTransformer", multiple_of=self.patch_size,
+                          dtype=self._weight_dtype())
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # NHWC
         if self.patch_embed.norm is not None:
             x = self.patch_embed.norm(x)

@@ -162,7 +162,7 @@ class UniFormer(VitlabModel):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def _check(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, "UniFormer")
+        check_image_input(x, self.in_chans, "UniFormer", dtype=self._weight_dtype())
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"UniFormer downsamples by 32: inputs must be at least 32x32, got "
                              f"{x.shape[-2]}x{x.shape[-1]}")

@@ -211,7 +211,7 @@ class UniFormerLight(VitlabModel):
         return torch.arange(n, device=x.device).unsqueeze(0).expand(x.shape[0], -1)
 
     def _stages(self, x: torch.Tensor, collect: set[int] | None = None):
-        check_image_input(x, self.in_chans, "UniFormerLight")
+        check_image_input(x, self.in_chans, "UniFormerLight", dtype=self._weight_dtype())
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"UniFormerLight needs inputs of at least 32x32, got {x.shape[-2]}x{x.shape[-1]}")
         feats = []

@@ -16,7 +16,7 @@ from torch import nn
 
 from vitlab.attention.relation import GlobalMHRA
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import VitlabModel
+from vitlab.models.base import VitlabModel, check_batch_and_dtype
 from vitlab.models.features import feature_info_entry, feature_take_indices
 from vitlab.models.registry import register_family, register_model
 from vitlab.models.uniformer_blocks import (AttnBlock, ConvBlock, PatchEmbed, check_stage_config, default_norm_layer,
@@ -155,8 +155,7 @@ class UniFormerVideo(VitlabModel):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"UniFormerVideo downsamples space by 32: frames must be at least 32x32, got "
                              f"{x.shape[-2]}x{x.shape[-1]}")
-        if not x.is_floating_point():
-            raise TypeError(f"UniFormerVideo expects a floating-point clip, got {x.dtype}")
+        check_batch_and_dtype(x, "UniFormerVideo", self._weight_dtype())
         return x
 
     def _stages(self, x: torch.Tensor, collect: set[int] | None = None):

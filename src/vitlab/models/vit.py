@@ -149,7 +149,8 @@ class VisionTransformer(VitlabModel):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        check_image_input(x, self.in_chans, "VisionTransformer", multiple_of=self.patch_size)
+        check_image_input(x, self.in_chans, "VisionTransformer", multiple_of=self.patch_size,
+                          dtype=self._weight_dtype())
         x = self.patch_embed(x)
         hw = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)

@@ -235,7 +235,7 @@ class VOLO(VitlabModel):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, "VOLO")
+        check_image_input(x, self.in_chans, "VOLO", dtype=self._weight_dtype())
         min_size = self.patch_size * self.pooling_scale
         if min(x.shape[-2:]) < min_size:
             raise ValueError(f"VOLO needs inputs of at least {min_size}x{min_size} pixels, got "
