@@ -36,8 +36,10 @@ def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
                  k: int = 20, temperature: float = 0.07, num_classes: int | None = None) -> dict[str, float]:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent."""
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent; ``k`` is reported as used
+    (at most the bank's size)."""
     num_classes = num_classes or int(max(bank_labels.max(), query_labels.max())) + 1
+    k = min(k, len(bank))
     scores = knn_classify(bank, bank_labels, queries, num_classes, k, temperature)
     query_labels = query_labels.to(scores.device)
     out = {"top1": 100.0 * float((scores.argmax(1) == query_labels).float().mean()), "k": k, "T": temperature}
