@@ -40,9 +40,7 @@ def probe(*argv):
 
 
 # commands whose module still imports torch for its parser; drop a name once its module is fixed
-STILL_HEAVY = {"segment"}
-COMMAND_NAMES = [pytest.param(name, marks=pytest.mark.xfail(reason="imports torch to build its parser"))
-                 if name in STILL_HEAVY else name for name, _ in cli_main.COMMANDS]
+COMMAND_NAMES = [name for name, _ in cli_main.COMMANDS]
 
 
 def test_top_level_help_lists_every_command_without_torch():

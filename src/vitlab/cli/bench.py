@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import TYPE_CHECKING
 
+from vitlab.checkpoints.atomic import to_json
 from vitlab.cli.common import add_flags
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def run(args) -> int:
         comparison = compare_with_reference(flops_model, x, args.train, max(args.warmup, 1), args.iters, amp)
         out["reference"] = comparison
         text += "\n" + format_comparison(comparison)
-    print(json.dumps(out, indent=2) if args.json else text)
+    print(to_json(out, indent=2) if args.json else text)
     return 0
 
 

@@ -7,9 +7,9 @@ and reproduced PyTorch within ``--atol``; otherwise the command fails with one l
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from vitlab.checkpoints.atomic import to_json
 from vitlab.cli.common import add_flags, load_model
 
 COMMAND = "export"
@@ -81,7 +81,7 @@ def run(args) -> int:
         runtime = "torch.jit.load"
     size = output.stat().st_size
     if args.json:
-        print(json.dumps({"model": name, "input_shape": list(inputs[0].shape), "opset": args.opset
+        print(to_json({"model": name, "input_shape": list(inputs[0].shape), "opset": args.opset
                           if args.format == "onnx" else None, "dynamic_batch": args.dynamic_batch,
                           "bytes": size, "atol": args.atol, "ok": True, **check.as_dict()}, indent=2))
     else:

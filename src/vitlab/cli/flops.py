@@ -14,10 +14,10 @@ one (norm, heads, decoders) are listed under their own names.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vitlab.checkpoints.atomic import to_json
 from vitlab.cli.common import add_flags
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def run(args) -> int:
         result["ratio_to_published"] = result["gmacs"] / published[0]
     modules = group_by_prefix(result.pop("per_module"), result["macs"], args.depth) if args.depth else None
     if args.json:
-        print(json.dumps({**result, **({"modules": modules} if modules else {})}, indent=2))
+        print(to_json({**result, **({"modules": modules} if modules else {})}, indent=2))
         return 0
     print(f"{result['model']}: input {tuple(result['input_shape'])}, {result['params_m']:.2f}M params")
     rows = result["stages"]

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from vitlab.checkpoints.atomic import to_json
 from vitlab.cli.common import MODEL_HELP, add_flags
 
 COMMAND = "info"
@@ -46,7 +46,7 @@ def build(spec: str, img_size: int | None = None):
 def run(args) -> int:
     info = describe(build(args.model, args.img_size))
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(to_json(info, indent=2, default=str))
         return 0
     cfg = info["pretrained_cfg"]
     print(f"{info['name']}  ({info['class']})")

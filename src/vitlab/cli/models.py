@@ -9,6 +9,7 @@ import fnmatch
 import json
 from pathlib import Path
 
+from vitlab.checkpoints.atomic import to_json
 from vitlab.cli.common import add_flags
 
 COMMAND = "models"
@@ -46,7 +47,7 @@ def list_rows(pattern: str = "*", families: bool = False) -> list[dict]:
 def run(args) -> int:
     rows = list_rows(args.pattern, args.families)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(to_json(rows, indent=2))
         return 0
     if not rows:
         print(f"no model matches {args.pattern!r}")
