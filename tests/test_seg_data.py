@@ -110,18 +110,26 @@ def test_overlay_panel_shape():
 def test_cli_segment_train_and_eval(scenes, tmp_path, capsys):
     from vitlab.cli.main import main
     out = tmp_path / "run"
-    assert main(["segment", "train", "--data", str(scenes), "--reduce-zero-label", "--iters", "2", "--batch-size",
-                 "2", "--crop-size", "32", "--eval-interval", "2", "--out", str(out), "--overlays", "1",
-                 "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert set(result) >= {"mIoU", "mAcc", "aAcc", "per_class"} and set(result["per_class"]) == set(CLASS_NAMES)
+    assert main(["segment", "train", "--data", str(scenes), "--iters", "2", "--batch-size", "2", "--img-size", "32",
+                 "--warmup-iters", "1", "--eval-interval", "2", "-o", str(out), "--overlays", "1", "--threads", "1",
+                 "--progress", "log", "--json"]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(text[text.index("\n{\n") + 1:])                 # the JSON follows the log lines
+    assert result["step"] == 2 and 0 <= result["mIoU"] <= 100 and 0 <= result["aAcc"] <= 100
     for f in ("config.yaml", "metrics.jsonl", "last.pth", "model/config.json", "eval.json", "per_class.txt",
               "curves.png"):
         assert (out / f).is_file(), f
-    assert len(list((out / "overlays").iterdir())) == 1
-    assert main(["segment", "eval", str(out / "model"), "--data", str(scenes), "--reduce-zero-label", "--mode",
-                 "slide", "--crop-size", "32", "--stride", "16", "--flip", "--json"]) == 0
+    assert len(list((out / "overlays").glob("*.png"))) == 1
+    ev = tmp_path / "eval"
+    args = ["segment", "eval", str(out / "model"), "--data", str(scenes), "--mode", "slide", "--crop-size", "32",
+            "--stride", "16", "--flip", "--threads", "1", "-o", str(ev), "--overlays", "1", "--json"]
+    assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
-    assert 0 <= again["aAcc"] <= 1
-    assert main(["segment", "eval", str(out / "model"), "--data", str(tmp_path / "nowhere")]) == 1
-    assert "ADE20K layout" in capsys.readouterr().err
+    assert again == json.loads((ev / "eval.json").read_text()) and set(again["per_class"]) == set(CLASS_NAMES)
+    assert 0 <= again["aAcc"] <= 100 and len(list((ev / "overlays").glob("*.png"))) == 1
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err       # a used --output is refused
+    assert main(args + ["--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out / "model"), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlab segment: error: ") and "ADE20K layout" in err

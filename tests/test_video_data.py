@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab.data.registry import DataRequest, build_dataset, get_task
+from vitlab.data.registry import DataRequest, build_dataset, get_dataset_entry
 from vitlab.data.video import (ClipTransform, VideoClipDataset, dense_indices, multi_view_predict, read_video_frames,
                                uniform_indices, video_frame_count)
 
@@ -108,7 +108,9 @@ def test_video_folder_dataset_multi_view_and_seeded_training(tmp_path):
     b, _ = bundle.train[(1, 1234)]
     c, _ = bundle.train[(1, 99)]
     assert a.shape == (3, 4, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
-    assert "video" in get_task("video").name
+    assert get_dataset_entry("video-folder").input_kind == "video"
+    from vitlab.tasks import task_class
+    assert task_class("video").name == "video"
 
 
 def test_multi_view_predict_averages_probabilities():
