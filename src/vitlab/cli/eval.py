@@ -141,7 +141,7 @@ def run(args) -> int:
     if not res.pop("is_main"):
         return 0
     if args.output:
-        with claim_run_folder(args.output, overwrite=args.overwrite) as folder:
+        with claim_run_folder(args.output, overwrite=args.overwrite, resumable=False) as folder:
             atomic_write_json(folder.path / "eval.json", res)
             plot_confusion(np.array(res["confusion"]), res["class_names"], folder.path / "confusion.png",
                            f"{res['model']} on {res['data']}: top-1 {res['top1']:.2f}%")

@@ -115,6 +115,7 @@ def _eval_config(args, model) -> dict:
 
 def evaluate(args) -> int:
     """``segment eval``: score a segmentor on the validation split; eval.json / overlays with ``--output``."""
+    import sys
     from pathlib import Path
 
     from vitlab.checkpoints.atomic import atomic_write_json, to_json
@@ -125,6 +126,8 @@ def evaluate(args) -> int:
     from vitlab.tasks.segmentation import evaluate_segmentation, segmentation_sets, write_overlays
     from .common import load_model
     model = load_model(args.model, args.checkpoint)
+    if not Path(args.model).is_dir() and not args.checkpoint:
+        print("warning: no --checkpoint given; evaluating randomly initialised weights", file=sys.stderr)
     cfg = _eval_config(args, model)
     device = resolve_device(cfg["run"]["device"], DistInfo())
     pre = model.pretrained_cfg
@@ -134,7 +137,7 @@ def evaluate(args) -> int:
     model.to(device)
     result = evaluate_segmentation(model, val, cfg["seg"], device, DistInfo(), cfg["amp"]["dtype"])
     if args.output:
-        with claim_run_folder(args.output, overwrite=args.overwrite) as folder:
+        with claim_run_folder(args.output, overwrite=args.overwrite, resumable=False) as folder:
             atomic_write_json(folder.path / "eval.json", result)
             if args.overlays:
                 write_overlays(model, val, cfg["seg"], device, folder.path / "overlays", args.overlays,

@@ -435,6 +435,9 @@ def fit(cfg: dict, task, *, resume: str | Path | None = None, overwrite: bool = 
             s = build_session(cfg, task, dist, state)
             if cfg["run"]["detect_anomaly"]:
                 torch.autograd.set_detect_anomaly(True)
+            if state is not None and s.pos.step >= s.max_steps:
+                s.log(f"the run already reached step {s.pos.step} (its last step); give a larger --max-steps or "
+                      f"--epochs to train further")
             while s.pos.step < s.max_steps:
                 train_one_epoch(s)
             summary = finish_run(s)

@@ -90,7 +90,7 @@ class RunFolder:
         self.release()
 
 
-def _claim(path: Path, resume: bool, overwrite: bool) -> RunFolder:
+def _claim(path: Path, resume: bool, overwrite: bool, resumable: bool = True) -> RunFolder:
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"--output {path} is a file, not a folder")
     if path.is_dir():
@@ -100,8 +100,9 @@ def _claim(path: Path, resume: bool, overwrite: bool) -> RunFolder:
         raise RunFolderError(f"--resume {path}: the folder holds no run to continue")
     if held and not (resume or overwrite):
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
-        raise RunFolderError(f"{path} already holds files ({shown}): pass --resume {path} to continue that run, "
-                             f"--overwrite to replace it, or choose another --output")
+        options = f"pass --resume {path} to continue that run, --overwrite to replace it" if resumable \
+            else "pass --overwrite to replace them"
+        raise RunFolderError(f"{path} already holds files ({shown}): {options}, or choose another --output")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -115,13 +116,14 @@ def _claim(path: Path, resume: bool, overwrite: bool) -> RunFolder:
 
 
 def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-                     is_main: bool = True, distributed: bool = False) -> RunFolder:
-    """Claim ``path`` for a run (see the module docstring); every torchrun rank calls it."""
+                     is_main: bool = True, distributed: bool = False, resumable: bool = True) -> RunFolder:
+    """Claim ``path`` for a run (see the module docstring); every torchrun rank calls it. ``resumable=False``
+    for outputs that cannot be continued (evaluation reports): the refusal then offers only --overwrite."""
     path = Path(path)
     folder, error = RunFolder(path, None), None
     if is_main:
         try:
-            folder = _claim(path, resume, overwrite)
+            folder = _claim(path, resume, overwrite, resumable)
         except RunFolderError as e:
             error = str(e)
     if distributed:

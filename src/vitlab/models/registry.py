@@ -127,6 +127,10 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
         cfg = dict(model.pretrained_cfg)
         cfg.update({k: v for k, v in entry.pretrained_cfg.items() if k not in ("input_size", "num_classes")})
         model.pretrained_cfg = cfg
+    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", ()))
+    chans = kwargs.get("in_chans")
+    if size and isinstance(chans, int) and size[0] != chans:   # the input size says how many channels go in
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (chans, *size[1:])}
     if pretrained:
         from vitlab.checkpoints.load import load_checkpoint
         load_checkpoint(model, pretrained, strict=True)

@@ -22,8 +22,8 @@ def _to_display(x: torch.Tensor, mean, std) -> torch.Tensor:
     c = x.shape[0]
     m = torch.tensor(mean if len(mean) == c else [sum(mean) / len(mean)] * c).view(-1, 1, 1)
     s = torch.tensor(std if len(std) == c else [sum(std) / len(std)] * c).view(-1, 1, 1)
-    img = (x.cpu() * s + m).clamp(0, 1).permute(1, 2, 0)
-    return img.expand(-1, -1, 3) if c == 1 else img
+    img = (x.detach().cpu() * s + m).clamp(0, 1).permute(1, 2, 0)
+    return (img.expand(-1, -1, 3) if c == 1 else img).numpy()
 
 
 def _save(fig, path) -> None:
@@ -104,7 +104,7 @@ def attention_figure(backbone, image: torch.Tensor, path, mean, std, title: str 
     for h in range(heads):
         up = F.interpolate(maps[h][None, None], size=size, mode="nearest")[0, 0]
         axes[h + 1].imshow(disp)
-        axes[h + 1].imshow(up, alpha=0.6, cmap="inferno")
+        axes[h + 1].imshow(up.cpu().numpy(), alpha=0.6, cmap="inferno")
         axes[h + 1].set_title(f"head {h}")
     for ax in axes:
         ax.axis("off")

@@ -204,8 +204,13 @@ class ClassificationTask(Task):
 
     def finish(self, session, last_eval):
         from vitlab.engine.plots import plot_confusion
-        out = session.out
-        self.model.save_pretrained(out / "model", label_names=self.class_names)
+        out, r = session.out, self.resolved
+        crop = session.cfg["aug"]["crop_pct"] or self.model.pretrained_cfg.get("crop_pct")
+        size = tuple(self.model.pretrained_cfg.get("input_size", ()))
+        self.model.pretrained_cfg = {**self.model.pretrained_cfg, "mean": tuple(r["mean"]), "std": tuple(r["std"]),
+                                     "crop_pct": crop, "interpolation": session.cfg["aug"]["interpolation"],
+                                     "input_size": (r["in_chans"], *size[1:-2], r["img_size"], r["img_size"])}
+        self.model.save_pretrained(out / "model", label_names=self.class_names)   # with the run's preprocessing
         summary = {"model": session.cfg["model"]["name"], "data": session.cfg["data"]["name"]}
         if last_eval:
             summary.update({k: last_eval.get(k) for k in ("top1", "top5", "loss", "count", "per_class", "confusion")})
