@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - create/refresh .venv, install vitlab, train a small VOLO on Animal-MNIST
+#   make demo   - create/refresh .venv, install vitlab, train a small VOLO on Animal-MNIST (replaces runs/demo)
 #   make test   - create/refresh .venv with test extras, run the fast test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vitlab train --config configs/demo.yaml
+	$(VENV)/bin/vitlab train --config configs/demo.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(VENV)/bin/vitlab bench --model volo_d1 --batch 8 --img 224
+	$(VENV)/bin/vitlab bench --model volo_d1 --batch-size 8 --img-size 224
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

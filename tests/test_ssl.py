@@ -518,3 +518,22 @@ def test_cli_knn_and_linear_probe_on_a_run(run, tmp_path, capsys):
     assert cli_main(["knn", "--checkpoint", str(tmp_path / "missing.pth"), "--data", "digits"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vitlab knn: error:") and "missing.pth" in err[0]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_knn_under_torchrun_extracts_in_parallel_and_matches_one_process(tmp_path):
+    """Each of 2 gloo processes extracts its shard of the bank and the queries; the gathered k-NN is the same."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    args = ["knn", "--model", "swin_micro", "--img-size", "16", "--data", "digits", "--held-out", "300", "--json",
+            "--batch-size", "64", "--threads", "1"]
+    one = subprocess.run([sys.executable, "-m", "vitlab", *args], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vitlab", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert a[0]["bank"] == b[0]["bank"] == 1497 and a[0]["queries"] == b[0]["queries"] == 300
+    assert b[0]["top1"] == pytest.approx(a[0]["top1"], abs=1e-6) and b[0]["top5"] == pytest.approx(a[0]["top5"])

@@ -53,9 +53,9 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
     from matplotlib.patches import ConnectionPatch
     matches, (ga, gb) = region_matches(backbone, view_a, view_b, top)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
-    for ax, view, title in zip(axes, (view_a, view_b), ("view 1", "view 2")):
+    for ax, view, name in zip(axes, (view_a, view_b), ("view 1", "view 2")):
         ax.imshow(_to_display(view[0], mean, std))
-        ax.set_title(title)
+        ax.set_title(name)
         ax.axis("off")
     sa, sb = view_a.shape[-1] / ga, view_b.shape[-1] / gb
     for rank, (i, j, s) in enumerate(matches):
@@ -69,7 +69,8 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
         fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False,
                    title="match (best first)", title_fontsize=7)
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features)", fontsize=9)
+    fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features, {ga}x{ga} and {gb}x{gb} "
+                 f"token grids)", fontsize=9)
     fig.subplots_adjust(right=0.8)
     _save(fig, path)
     return Path(path)
@@ -108,6 +109,7 @@ def attention_figure(backbone, image: torch.Tensor, path, mean, std, title: str 
         axes[h + 1].set_title(f"head {h}")
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(f"{title + ': ' if title else ''}attention received in the last block", fontsize=9)
+    fig.suptitle(f"{title + ': ' if title else ''}attention received in the last block ({maps.shape[-2]}x"
+                 f"{maps.shape[-1]} token grid)", fontsize=9)
     _save(fig, path)
     return Path(path)
