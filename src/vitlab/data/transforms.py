@@ -56,6 +56,12 @@ def resize(img: torch.Tensor, size: tuple[int, int], interpolation: str = "bilin
     return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out
 
 
+def match_channels(stats, n: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``n`` channels: as given when the count matches, else their mean repeated."""
+    stats = tuple(float(v) for v in stats)
+    return stats if len(stats) == n else tuple(sum(stats) / len(stats) for _ in range(n))
+
+
 class Compose:
     def __init__(self, transforms: Sequence):
         self.transforms = [t for t in transforms if t is not None]

@@ -39,7 +39,7 @@ def _loss_panel(ax, records: list[dict]) -> None:
         ax.plot(steps, loss, lw=1.2, label="train (per log window)")
     steps, loss = _series(records, "epoch", "train_loss")
     if steps:
-        ax.plot(steps, loss, "o--", ms=4, lw=1, label="train (epoch mean)")
+        ax.plot(steps, loss, "o--" if len(steps) <= 25 else "--", ms=4, lw=1, label="train (epoch mean)")
     steps, loss = _series(records, "eval", "loss")
     if steps:
         ax.plot(steps, loss, "s-", ms=4, label="evaluation (plain cross-entropy)")
@@ -53,8 +53,8 @@ def _lr_panel(ax, records: list[dict]) -> None:
     if steps:
         ax.plot(steps, lr, lw=1.2, label="per log window")
     e_steps, e_lr = _series(records, "epoch", "lr")
-    if e_steps:
-        ax.plot(e_steps, e_lr, "o", ms=4, label="last step of each epoch")
+    if e_steps and (len(e_steps) <= 25 or not steps):
+        ax.plot(e_steps, e_lr, "o" if len(e_steps) <= 25 else "-", ms=4, label="last step of each epoch")
     ax.set_title("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if ax.lines:

@@ -45,11 +45,6 @@ def probe_pretrained_cfg(name: str, kwargs: dict) -> dict:
         return dict(create_model(name, **kwargs).pretrained_cfg)
 
 
-def _repeat(stats, n):
-    stats = tuple(stats)
-    return stats if len(stats) == n else tuple(sum(stats) / len(stats) for _ in range(n))
-
-
 def model_kwargs(cfg: dict) -> dict:
     """``model.kwargs`` plus ``data.img_size``; a ``num_classes`` there must not contradict the data."""
     kwargs = dict(cfg["model"]["kwargs"])
@@ -61,14 +56,15 @@ def model_kwargs(cfg: dict) -> dict:
 def build_image_data(cfg: dict, splits=("train", "val"), pretrained_cfg: dict | None = None):
     """Datasets with the classification transforms; returns (bundle, resolved input settings)."""
     from vitlab.data.registry import DataRequest, build_dataset, parse_data_spec
-    from vitlab.data.transforms import build_eval_transform, build_train_transform
+    from vitlab.data.transforms import build_eval_transform, build_train_transform, match_channels
     from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
     dcfg, acfg, kwargs = cfg["data"], cfg["aug"], model_kwargs(cfg)
     pre = pretrained_cfg or probe_pretrained_cfg(cfg["model"]["name"], kwargs)
     input_size = tuple(pre.get("input_size", (3, 224, 224)))
     in_chans = int(kwargs.get("in_chans", input_size[0]))
     img_size = int(dcfg["img_size"] or input_size[-1])
-    mean, std = _repeat(pre.get("mean", IMAGENET_MEAN), in_chans), _repeat(pre.get("std", IMAGENET_STD), in_chans)
+    mean = match_channels(pre.get("mean", IMAGENET_MEAN), in_chans)
+    std = match_channels(pre.get("std", IMAGENET_STD), in_chans)
     train_t = build_train_transform(img_size, mean, std, in_chans, scale=acfg["scale"], ratio=acfg["ratio"],
                                     hflip=acfg["hflip"], color_jitter=acfg["color_jitter"],
                                     auto_augment=acfg["auto_augment"], reprob=acfg["reprob"], remode=acfg["remode"],
@@ -81,7 +77,7 @@ def build_image_data(cfg: dict, splits=("train", "val"), pretrained_cfg: dict | 
                           splits=tuple(splits), options=dict(dcfg["options"]))
     bundle = build_dataset(request)
     if bundle.mean is not None and bundle.std is not None:
-        mean, std = _repeat(bundle.mean, in_chans), _repeat(bundle.std, in_chans)
+        mean, std = match_channels(bundle.mean, in_chans), match_channels(bundle.std, in_chans)
         for t in (train_t, eval_t):
             t.set_normalization(mean, std)
     return bundle, {"img_size": img_size, "in_chans": in_chans, "mean": list(mean), "std": list(std),

@@ -82,7 +82,7 @@ class PretrainingTask(Task):
     def _data(self, cfg: dict) -> None:
         from vitlab.data.multicrop import MultiCropConfig, MultiCropTransform
         from vitlab.data.registry import DataRequest, build_dataset, parse_data_spec
-        from vitlab.data.transforms import build_eval_transform
+        from vitlab.data.transforms import build_eval_transform, match_channels
         from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
         e = cfg["esvit"]
         name, root = parse_data_spec(cfg["data"]["name"])
@@ -92,8 +92,8 @@ class PretrainingTask(Task):
         if bundle.train is None or len(bundle.train) == 0:
             raise DataError(f"dataset {cfg['data']['name']!r} has no training images")
         self.in_chans = int(cfg["model"]["kwargs"].get("in_chans") or bundle.in_chans or 3)
-        self.mean = tuple(bundle.mean or IMAGENET_MEAN)[:self.in_chans] if self.in_chans != 3 or bundle.mean else IMAGENET_MEAN
-        self.std = tuple(bundle.std or IMAGENET_STD)[:self.in_chans] if self.in_chans != 3 or bundle.std else IMAGENET_STD
+        self.mean = match_channels(bundle.mean or IMAGENET_MEAN, self.in_chans)   # a built-in set's own statistics
+        self.std = match_channels(bundle.std or IMAGENET_STD, self.in_chans)
         crop_cfg = MultiCropConfig(global_size=e["global_size"], local_size=e["local_size"], n_local=e["n_local"],
                                    global_scale=tuple(e["global_scale"]), local_scale=tuple(e["local_scale"]))
         self.crop_cfg, self.eval_crop_pct = crop_cfg, e["eval_crop_pct"]
