@@ -3,6 +3,8 @@ split (bank = the training split), for a pretraining run, a checkpoint (teacher 
 initialisation, or raw pixels. Runs on the GPU when there is one, and under torchrun (features in parallel)."""
 from __future__ import annotations
 
+import argparse
+
 from .common import add_flags, set_threads
 
 COMMAND = "knn"
@@ -15,7 +17,7 @@ def add_evaluator_flags(p) -> None:
               model={"help": "a pretraining run folder, a model folder, or a model name (with --checkpoint, or "
                              "alone for a random initialisation)"},
               checkpoint={"help": "last.pth of a pretraining run or an official EsViT checkpoint"})
-    p.add_argument("-c", dest="checkpoint", help=__import__("argparse").SUPPRESS)
+    p.add_argument("-c", dest="checkpoint", help=argparse.SUPPRESS)
     add_flags(p, "data", data={"default": "animal-mnist"})
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--model-kwargs", default="{}", metavar="JSON", help="backbone constructor overrides")

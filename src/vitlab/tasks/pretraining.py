@@ -205,7 +205,7 @@ class PretrainingTask(Task):
         import vitlab
         backbone = vitlab.create_model(session.cfg["model"]["name"], **self.backbone_kwargs)
         state = {k: v for k, v in self.teacher.state_dict().items() if not k.startswith(("head.", "head_dense."))}
-        backbone.load_state_dict(state, strict=False)
+        backbone.load_state_dict(state)   # every backbone key, nothing else
         size = session.cfg["esvit"]["global_size"]
         backbone.pretrained_cfg = {**backbone.pretrained_cfg, "mean": tuple(self.mean), "std": tuple(self.std),
                                    "crop_pct": self.eval_crop_pct, "input_size": (self.in_chans, size, size)}
