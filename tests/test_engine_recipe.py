@@ -14,7 +14,7 @@ from vitlab.engine.config import parse_set
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.losses import classification_loss, soft_cross_entropy
 from vitlab.engine.optim import clip_gradients, create_optimizer, layer_ids, param_groups
-from vitlab.engine.schedule import StepSchedule, cosine_value, lr_at, poly_lr_at
+from vitlab.engine.schedule import StepSchedule, cosine_value, lr_at, poly_lr_at, step_lr_at
 from vitlab.errors import ConfigError
 from vitlab.tasks import make_config
 from vitlab.models.base import TrainOutput
@@ -234,3 +234,16 @@ def test_an_explicit_flag_beats_a_preset_even_when_it_equals_the_default(tmp_pat
     assert cfg["esvit"]["out_dim"] == 1024                                 # the rest of the preset stays
     with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
         run_config(parser.parse_args(["--preset", "tiny"]), task="pretraining", flags=pretrain.FLAGS)
+
+
+def test_step_schedule_is_mmdetections_1x():
+    """mmcv's StepLrUpdaterHook with a 500-step linear warm-up from ratio 0.001, x0.1 at epochs 8 and 11."""
+    base, per_epoch = 1e-4, 100
+    milestones = [8 * per_epoch, 11 * per_epoch]
+    assert step_lr_at(0, base, milestones, 0.1, 500, base * 1e-3) == pytest.approx(base * 1e-3)
+    assert step_lr_at(250, base, milestones, 0.1, 500, base * 1e-3) == pytest.approx(base * (1 - 0.5 * 0.999))
+    assert step_lr_at(799, base, milestones, 0.1, 500) == pytest.approx(base)
+    assert step_lr_at(800, base, milestones, 0.1, 500) == pytest.approx(base * 0.1)
+    assert step_lr_at(1100, base, milestones, 0.1, 500) == pytest.approx(base * 0.01)
+    cfg = make_config("classification", [("x", {"sched": {"name": "step", "milestones": [8, 11]}})])
+    assert cfg["sched"]["milestones"] == [8.0, 11.0] and cfg["sched"]["gamma"] == 0.1

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vitlab.checkpoints.atomic import atomic_write_json, atomic_write_text
+from vitlab.data.folder import collate_skipping
 from vitlab.errors import ConfigError, DataError, TrainingDiverged
 
 from . import state as st
@@ -125,14 +126,16 @@ def build_session(cfg: dict, task, dist: DistInfo, state: dict | None) -> Sessio
     s.ema = ModelEma(model, cfg["ema"]["decay"], cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
     s.loader, s.sampler = train_loader(task.train_set, batch_size=cfg["data"]["batch_size"],
                                        accum_steps=cfg["optim"]["accum_steps"], workers=cfg["data"]["workers"],
-                                       seed=run["seed"], dist=dist, pin_memory=s.device.type == "cuda")
+                                       seed=run["seed"], dist=dist, pin_memory=s.device.type == "cuda",
+                                       collate_fn=task.collate_fn() or collate_skipping)
     _plan(s)
     s.optimizer = create_optimizer(model, {**cfg["optim"], "lr": s.lr})
     sched = cfg["sched"]
     s.schedule = StepSchedule(s.optimizer, name=sched["name"], base_lr=s.lr, total_steps=s.total_steps,
                               warmup_steps=s.warmup_steps, warmup_lr=sched["warmup_lr"], min_lr=sched["min_lr"],
                               power=sched["power"], weight_decay=cfg["optim"]["weight_decay"],
-                              weight_decay_end=sched["weight_decay_end"])
+                              weight_decay_end=sched["weight_decay_end"], gamma=sched["gamma"],
+                              milestones=[round(m * s.steps_per_epoch) for m in sched["milestones"]])
     s.scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == "fp16")
     s.module = prepare_module(task.train_module(), device=s.device, dist=dist, sync_bn=cfg["model"]["sync_bn"],
                               compile_module=cfg["model"]["compile"])

@@ -5,6 +5,8 @@
 * ``poly``: mmcv's ``PolyLrUpdaterHook`` as mmsegmentation uses it: ``(base - min_lr) * (1 - t / T)^power
   + min_lr`` with the decay running over *all* T iterations, warm-up included; during a linear warm-up
   of W steps the lr is that value times ``1 - (1 - t / W) * (1 - warmup_lr / base)``.
+* ``step``: mmcv's ``StepLrUpdaterHook`` (mmdetection's 1x / 3x schedules): the base lr times ``gamma``
+  for every milestone passed, with the same linear warm-up as ``poly``.
 * ``constant``: the base lr after the warm-up.
 * Weight decay: constant, or DINO's cosine from ``optim.weight_decay`` to ``sched.weight_decay_end``.
 
@@ -38,6 +40,16 @@ def poly_lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int = 
     return regular
 
 
+def step_lr_at(step: int, base_lr: float, milestones, gamma: float = 0.1, warmup_steps: int = 0,
+               warmup_lr: float = 0.0) -> float:
+    """mmcv's step schedule: ``base * gamma ** (milestones passed)``; milestones in steps; mmcv's linear warm-up."""
+    regular = base_lr * gamma ** sum(step >= m for m in milestones)
+    if warmup_steps > 0 and step < warmup_steps:
+        ratio = warmup_lr / base_lr if base_lr > 0 else 1.0
+        return regular * (1 - (1 - step / warmup_steps) * (1 - ratio))
+    return regular
+
+
 def cosine_value(step: int, total_steps: int, start: float, end: float) -> float:
     """Half-cosine from ``start`` (step 0) towards ``end`` over ``total_steps`` (DINO's weight decay / momentum)."""
     t = min(1.0, step / max(1, total_steps))
@@ -49,9 +61,10 @@ class StepSchedule:
 
     def __init__(self, optimizer, *, name: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
                  warmup_lr: float = 1e-6, min_lr: float = 0.0, power: float = 1.0, weight_decay: float = 0.0,
-                 weight_decay_end: float | None = None):
-        if name not in ("cosine", "poly", "constant"):
-            raise ValueError(f"sched.name must be cosine, poly or constant, got {name!r}")
+                 weight_decay_end: float | None = None, milestones=(), gamma: float = 0.1):
+        if name not in ("cosine", "poly", "step", "constant"):
+            raise ValueError(f"sched.name must be cosine, poly, step or constant, got {name!r}")
+        self.milestones, self.gamma = tuple(int(m) for m in milestones), gamma
         self.optimizer, self.name, self.base_lr = optimizer, name, base_lr
         self.total_steps, self.warmup_steps, self.warmup_lr = total_steps, warmup_steps, warmup_lr
         self.min_lr, self.power = min_lr, power
@@ -63,6 +76,8 @@ class StepSchedule:
         if self.name == "poly":
             return poly_lr_at(step, self.total_steps, self.base_lr, self.warmup_steps, self.warmup_lr, self.min_lr,
                               self.power)
+        if self.name == "step":
+            return step_lr_at(step, self.base_lr, self.milestones, self.gamma, self.warmup_steps, self.warmup_lr)
         if self.name == "constant":
             return lr_at(step, self.total_steps, self.base_lr, self.warmup_steps, self.warmup_lr, self.base_lr)
         return lr_at(step, self.total_steps, self.base_lr, self.warmup_steps, self.warmup_lr, self.min_lr)

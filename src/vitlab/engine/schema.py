@@ -123,7 +123,7 @@ COMMON_SECTIONS: dict[str, dict[str, Field]] = {
         "accum_steps": F(1, "int", low=1, doc="micro-batches per optimizer step"),
     },
     "sched": {
-        "name": F("cosine", "str", choices=("cosine", "poly", "constant")),
+        "name": F("cosine", "str", choices=("cosine", "poly", "step", "constant")),
         "epochs": F(10, "int", low=1),
         "steps": F(None, "int", optional=True, low=1, doc="schedule length in optimizer steps (instead of epochs)"),
         "max_steps": F(None, "int", optional=True, low=1, doc="stop after this many steps (schedule unchanged)"),
@@ -132,6 +132,8 @@ COMMON_SECTIONS: dict[str, dict[str, Field]] = {
         "warmup_lr": F(1e-6, "float", low=0.0, doc="cosine: lr at step 0; poly: ratio of the lr at step 0"),
         "min_lr": F(1e-5, "float", low=0.0),
         "power": F(1.0, "float", low=0.0, doc="poly decay exponent"),
+        "milestones": F([], "list", item="float", low=0.0, doc="step: epochs at which the lr is multiplied by gamma"),
+        "gamma": F(0.1, "float", low=0.0, doc="step: the factor at each milestone"),
         "weight_decay_end": F(None, "float", optional=True, low=0.0,
                               doc="cosine weight-decay schedule from optim.weight_decay to this value"),
     },

@@ -40,6 +40,11 @@ class Task:
         """Create ``self.model`` and ``self.train_set`` from ``session.cfg`` (see :class:`~vitlab.engine.loop.Session`)."""
         raise NotImplementedError
 
+    def collate_fn(self):
+        """How the training loader batches items: None for :func:`vitlab.data.folder.collate_skipping`; a task with
+        ragged targets (detection) gives its own, returning the same ``(inputs, targets, skipped names)`` triple."""
+        return None
+
     def train_module(self) -> nn.Module:
         """The module DDP wraps; its ``forward`` is what :meth:`train_step` calls. Default: the model."""
         return self.model
