@@ -23,6 +23,7 @@ from vitlab import __version__
 # (command, module in vitlab.cli); add a new command here
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("bench", "bench"),
+    ("detect", "detect"),
     ("eval", "eval"),
     ("export", "export"),
     ("flops", "flops"),
@@ -30,6 +31,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("knn", "knn"),
     ("linear-probe", "linear_probe"),
     ("models", "models"),
+    ("pose", "pose"),
     ("pretrain", "pretrain"),
     ("segment", "segment"),
     ("train", "train"),

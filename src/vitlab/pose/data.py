@@ -248,6 +248,21 @@ class TopDownCocoKeypoints(SeededDataset):
         return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
+def crop_person(image, box_xyxy, input_size=(192, 256), score: float = 1.0, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, padding: float = 1.25):
+    """The evaluation crop of one person box (x1, y1, x2, y2) of an (H, W, 3) uint8 image: (normalised (3, h, w)
+    crop, meta with ``center`` / ``scale`` / ``bbox_score``) for :meth:`TopDownPose.predict`."""
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy[:4])
+    w, h = int(input_size[0]), int(input_size[1])
+    center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], w / h, padding)
+    crop = warp_affine(img, affine_matrix(center, scale, 0.0, (w, h)), (w, h)) / 255.0
+    crop = (crop - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    meta = {"center": [float(v) for v in center], "scale": [float(v) for v in scale], "bbox_score": float(score),
+            "bbox": [x1, y1, x2 - x1, y2 - y1], "orig_size": tuple(image.shape[:2])}
+    return crop.float(), meta
+
+
 def collate_topdown(batch):
     """Samples -> ``((images, metas), (targets, weights), skipped)``; ``(None, None, skipped)`` if none is left."""
     kept, skipped = [], []

@@ -19,6 +19,8 @@ TASKS: dict[str, tuple[str, str]] = {
     "video": ("vitlab.tasks.video", "VideoTask"),
     "segmentation": ("vitlab.tasks.segmentation", "SegmentationTask"),
     "pretraining": ("vitlab.tasks.pretraining", "PretrainingTask"),
+    "detection": ("vitlab.tasks.detection", "DetectionTask"),
+    "pose": ("vitlab.tasks.pose", "PoseTask"),
 }
 _PLUGINS: dict[str, type] = {}
 

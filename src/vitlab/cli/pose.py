@@ -1,0 +1,136 @@
+"""``vitlab pose train|eval|predict``: top-down COCO pose estimation.
+
+``pose train`` is ``vitlab train --task pose`` with the pose flags; ``pose eval MODEL`` scores OKS keypoint
+AP by pycocotools on the validation boxes (ground truth, or ``--bbox-file`` detections); ``pose predict
+MODEL IMAGES...`` draws the skeletons, one person per image or per box of ``--boxes`` (the JSON that
+``vitlab detect predict --json`` prints).
+"""
+from __future__ import annotations
+
+from .common import add_flags, run_config, set_threads, train_and_report
+from .detect import _image_files, _model, eval_config
+from .train import add_run_flags
+
+COMMAND = "pose"
+HELP = "top-down pose estimation: train, evaluate (OKS AP), predict (drawn skeletons)"
+
+FLAGS = {
+    "model": "model.name", "data": "data.name", "output": "run.output", "epochs": "sched.epochs",
+    "steps": "sched.steps", "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad", "seed": "run.seed", "device": "run.device",
+    "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads", "progress": "run.progress",
+    "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every", "log_every": "run.log_every",
+    "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every", "data_root": "pose.data_root",
+    "visualize": "pose.visualize", "warmup_steps": "sched.warmup_steps", "bbox_file": "pose.bbox_file",
+}
+SWITCHES = {"no_flip_test": ("pose.flip_test", False), "channels_last": ("model.channels_last", True),
+            "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True)}
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a top-down pose model; writes config.yaml, metrics.jsonl, model/")
+    add_run_flags(t)
+    t.add_argument("--data-root", help="where the built-in synthetic set is written")
+    t.add_argument("--visualize", type=int, help="validation images drawn with their skeletons at the end")
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--bbox-file", help="COCO detection results to evaluate on (default: ground-truth boxes)")
+    t.add_argument("--no-flip-test", action="store_true", default=None)
+    e = sub.add_parser("eval", help="OKS keypoint AP (pycocotools) on the validation people")
+    _model_args(e)
+    e.add_argument("--limit", type=int, help="evaluate the first N people only")
+    e.add_argument("--bbox-file", help="COCO detection results to evaluate on (default: ground-truth boxes)")
+    p = sub.add_parser("predict", help="draw the predicted skeletons on images")
+    _model_args(p)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--boxes", help="person boxes: the JSON of `vitlab detect predict --json` (default: whole images)")
+
+
+def _model_args(p) -> None:
+    p.add_argument("model", help="a pose-train run folder, a model folder, or a name (with --checkpoint)")
+    add_flags(p, "checkpoint", "output", "overwrite", "device", "threads", "json", "batch_size", "data")
+    p.add_argument("--data-root", help="where the built-in synthetic set is written")
+
+
+def run(args) -> int:
+    set_threads(getattr(args, "threads", None))
+    if args.action == "train":
+        return train_and_report(run_config(args, task="pose", flags=FLAGS, switches=SWITCHES), args)
+    return evaluate(args) if args.action == "eval" else predict(args)
+
+
+def evaluate(args) -> int:
+    from vitlab.checkpoints.atomic import atomic_write_json, to_json
+    from vitlab.detection.coco_eval import write_results_json
+    from vitlab.engine.distributed import DistInfo
+    from vitlab.engine.run_folder import claim_run_folder
+    from vitlab.engine.runtime import resolve_device
+    from vitlab.pose.evaluation import evaluate_keypoints, rescore_and_nms
+    from vitlab.tasks.pose import pose_sets, predict_keypoints
+    model = _model(args)
+    cfg = eval_config(args, "pose", "pose", model)
+    if args.bbox_file:
+        cfg["pose"]["bbox_file"] = args.bbox_file
+    device = resolve_device(cfg["run"]["device"], DistInfo())
+    _, val = pose_sets(cfg, train=False)
+    entries = predict_keypoints(model.to(device), val, device, DistInfo(), cfg["data"]["eval_batch_size"], 0,
+                                cfg["pose"]["flip_test"], cfg["pose"]["eval_limit"])
+    results = rescore_and_nms(entries)
+    img_ids = sorted({e["image_id"] for e in entries}) if cfg["pose"]["eval_limit"] else None
+    stats = evaluate_keypoints(val.coco, results, img_ids=img_ids)
+    res = {**dict(stats), "people": len(entries)}
+    if args.output:
+        with claim_run_folder(args.output, overwrite=args.overwrite, resumable=False) as folder:
+            atomic_write_json(folder.path / "eval.json", res)
+            write_results_json(folder.path / "results_keypoints.json", results)
+    print(to_json(res, indent=2) if args.json else f"keypoints:\n{stats.summary}")
+    return 0
+
+
+def _boxes(path, files) -> dict:
+    """image path -> person boxes [x1, y1, x2, y2, score] from ``detect predict --json`` output."""
+    import json
+    from pathlib import Path
+    if not path:
+        return {}
+    rows = json.loads(Path(path).read_text())
+    return {r["image"]: [d["box"] + [d["score"]] for d in r["detections"] if d["label"] in ("person", 0)]
+            for r in rows}
+
+
+def predict(args) -> int:
+    import numpy as np
+    import torch
+
+    from vitlab.checkpoints.atomic import to_json
+    from vitlab.data.folder import load_image
+    from vitlab.detection.visualize import draw_detections
+    from vitlab.engine.distributed import DistInfo
+    from vitlab.engine.run_folder import claim_run_folder
+    from vitlab.engine.runtime import resolve_device
+    from vitlab.pose.data import crop_person
+    model = _model(args)
+    device = resolve_device(args.device or "auto", DistInfo())
+    model.to(device).eval()
+    files = _image_files(args.images)
+    boxes = _boxes(args.boxes, files)
+    out = claim_run_folder(args.output or "pose-predictions", overwrite=args.overwrite, resumable=False)
+    rows = []
+    with out, torch.no_grad():
+        for f in files:
+            arr = load_image(str(f), "RGB")
+            h, w = arr.shape[:2]
+            people = boxes.get(str(f)) or [[0.0, 0.0, float(w), float(h), 1.0]]
+            crops = [crop_person(arr, b[:4], model.input_size, score=b[4]) for b in people]
+            images = torch.stack([c[0] for c in crops]).to(device)
+            keypoints, _ = model.predict(images, [c[1] for c in crops])
+            draw_detections(out.path / f"{f.stem}.png", arr, {"keypoints": keypoints.numpy()},
+                            score_thr=0.0, title=f"{getattr(model, 'model_name', args.model)}: {f.name}")
+            rows.append({"image": str(f), "people": [np.round(k.numpy(), 2).tolist() for k in keypoints]})
+    if args.json:
+        print(to_json(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['image']}: {len(r['people'])} person(s)")
+        print(f"drawn into {out.path}/")
+    return 0
