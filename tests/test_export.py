@@ -27,7 +27,10 @@ from vitlab.export.verify import export_and_verify, onnxruntime_failure
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-MICRO_MODELS = vitlab.list_models("*_micro")
+# Detectors are left out: their proposal selection and RoI routing have data-dependent shapes, which neither
+# ONNX exporter traces (``vitlab export`` says so; see test_detectors_are_refused_with_a_clear_error).
+DETECTORS = {"mask_rcnn", "cascade_mask_rcnn"}
+MICRO_MODELS = [m for m in vitlab.list_models("*_micro") if vitlab.models.registry.family_of(m) not in DETECTORS]
 ATOL = 1e-4
 
 
@@ -328,3 +331,10 @@ def test_onnxruntime_errors_trace_torch_export_nodes_to_the_source(tmp_path):
     assert str(error) == (f"ONNX opset 18 cannot express the Reshape node 'node_view' (aten::view (Tensor.view/"
                           f"reshape), test_export.py:{_TINY_LINE} `{_TINY_CODE}`) of _Tiny here: onnxruntime fails: "
                           f"The input tensor cannot be reshaped; try another --opset (17-23) or --format torchscript")
+
+
+def test_detectors_are_refused_with_a_clear_error(tmp_path, capsys):
+    rc = cli(["export", "--model", "mask_rcnn_micro", "--no-optimize", "-o", str(tmp_path / "d.onnx")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("vitlab export: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d.onnx").exists()

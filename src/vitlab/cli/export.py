@@ -66,6 +66,10 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.checkpoint, args.img_size, args.frames)
     name = getattr(model, "model_name", Path(args.model).name)
+    if hasattr(model, "rpn_head"):
+        raise ValueError(f"{name} is a two-stage detector: its proposal selection and RoI routing have data-dependent "
+                         f"shapes that neither ONNX exporter traces; export its backbone instead "
+                         f"(--model {getattr(model.backbone, 'model_name', 'the backbone name')})")
     batch = max(args.batch_size, 2) if args.dynamic_batch else args.batch_size
     inputs = example_inputs(model, batch=batch, img=args.img_size, frames=args.frames,
                             generator=torch.Generator().manual_seed(args.seed))

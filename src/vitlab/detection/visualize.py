@@ -158,14 +158,37 @@ def render_detections(image, boxes=None, labels=None, scores=None, masks=None, k
     return np.asarray(canvas)
 
 
-def draw_detections(path: str | os.PathLike, image, prediction: dict | None = None, **kwargs) -> Path:
+def upscale(image, args: dict, min_side: int) -> tuple[np.ndarray, dict]:
+    """A small image (and its boxes, masks, keypoints) enlarged by an integer factor to ``min_side`` pixels at
+    least, so the drawing stays readable; larger images are returned as they are."""
+    from PIL import Image
+    img = _image_array(image)
+    f = int(np.ceil(min_side / max(1, min(img.shape[:2])))) if min_side else 1
+    if f <= 1:
+        return img, args
+    img = np.asarray(Image.fromarray(img).resize((img.shape[1] * f, img.shape[0] * f), Image.BILINEAR))
+    out = dict(args)
+    for key in ("boxes", "keypoints"):
+        if out.get(key) is not None:
+            a = _numpy(out[key]).astype(np.float64).copy()
+            a[..., :2 if key == "keypoints" else 4] *= f
+            out[key] = a
+    if out.get("masks") is not None:
+        out["masks"] = _numpy(out["masks"]).repeat(f, axis=-2).repeat(f, axis=-1)
+    return img, out
+
+
+def draw_detections(path: str | os.PathLike, image, prediction: dict | None = None, min_side: int = 480,
+                    **kwargs) -> Path:
     """Write :func:`render_detections` as a PNG at ``path`` (atomically); ``prediction`` may hold the
-    ``boxes`` / ``labels`` / ``scores`` / ``masks`` / ``keypoints`` arguments. Returns the path."""
+    ``boxes`` / ``labels`` / ``scores`` / ``masks`` / ``keypoints`` arguments. Images smaller than
+    ``min_side`` are enlarged first (an integer factor) so that labels stay legible. Returns the path."""
     from PIL import Image
 
     from vitlab.checkpoints.atomic import atomic_write
     args = {k: v for k, v in (prediction or {}).items()
             if k in ("boxes", "labels", "scores", "masks", "keypoints")}
+    image, args = upscale(image, args, min_side)
     args.update(kwargs)
     picture = render_detections(image, **args)
     path = Path(path)

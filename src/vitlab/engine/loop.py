@@ -138,7 +138,7 @@ def build_session(cfg: dict, task, dist: DistInfo, state: dict | None) -> Sessio
                               milestones=[round(m * s.steps_per_epoch) for m in sched["milestones"]])
     s.scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == "fp16")
     s.module = prepare_module(task.train_module(), device=s.device, dist=dist, sync_bn=cfg["model"]["sync_bn"],
-                              compile_module=cfg["model"]["compile"])
+                              compile_module=cfg["model"]["compile"], find_unused_parameters=task.ddp_find_unused)
     if dist.rank:   # the same initial weights everywhere, then each process its own stream (drop-path, dropout)
         torch.manual_seed(run["seed"] * 1_000_003 + dist.rank)
     if state is not None:

@@ -50,14 +50,15 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 
 def prepare_module(module: nn.Module, *, device: torch.device, dist: DistInfo, sync_bn: bool,
-                   compile_module: bool) -> nn.Module:
+                   compile_module: bool, find_unused_parameters: bool = False) -> nn.Module:
     """``module`` for training: SyncBatchNorm (GPUs, DDP), DistributedDataParallel, torch.compile."""
     if dist.enabled:
         if sync_bn and device.type == "cuda" and has_batch_norm(module):
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if any(p.requires_grad for p in module.parameters()):
             module = nn.parallel.DistributedDataParallel(
-                module, device_ids=[device.index] if device.type == "cuda" else None)
+                module, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters)
     if compile_module:
         module = torch.compile(module)
     return module

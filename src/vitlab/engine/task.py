@@ -28,6 +28,7 @@ class Task:
     sections: ClassVar[dict] = {}
     defaults: ClassVar[dict] = {}
     monitor: ClassVar[str | None] = None
+    ddp_find_unused: ClassVar[bool] = False   # some parameters get no gradient in a step (detection backbones' heads)
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None

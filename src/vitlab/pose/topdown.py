@@ -92,6 +92,7 @@ class TopDownPose(VitlabModel):
         self.feature_info = list(getattr(backbone, "feature_info", []) or [])
         cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
         w, h = int(input_size[0]), int(input_size[1])
+        self.input_size = (w, h)                       # the crop: width, height
         self.pretrained_cfg = {**cfg, "input_size": (3, h, w), "num_classes": 0, "task": "pose",
                                "num_keypoints": self.num_keypoints}
 
@@ -131,9 +132,10 @@ class TopDownPose(VitlabModel):
         """``{"loss_mse", "loss", "acc_pose"}`` for a batch of crops, Gaussian targets and joint weights (B, K, 1)."""
         out = self(images)
         if out.shape[-2:] != target_heatmaps.shape[-2:]:
-            raise ValueError(f"the head predicts {tuple(out.shape[-2:])} heatmaps for {tuple(images.shape[-2:])} "
-                             f"inputs but the targets are {tuple(target_heatmaps.shape[-2:])}: the heatmap size "
-                             f"must be the input size / {images.shape[-1] // out.shape[-1]}")
+            h, w = out.shape[-2:]
+            raise ValueError(f"the head predicts {h}x{w} heatmaps for {images.shape[-2]}x{images.shape[-1]} crops but "
+                             f"the targets are {target_heatmaps.shape[-2]}x{target_heatmaps.shape[-1]}: set the heatmap "
+                             f"size to [{w}, {h}] (width, height), or make the crop a multiple of the backbone's stride")
         mse = joints_mse_loss(out.float(), target_heatmaps, target_weight)
         acc = pose_pck_accuracy(out.detach(), target_heatmaps, target_weight.reshape(out.shape[:2]) > 0)
         return {"loss_mse": mse, "loss": mse, "acc_pose": acc.detach()}

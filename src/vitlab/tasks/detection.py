@@ -151,6 +151,7 @@ class DetectionTask(Task):
         "run": {"log_every": 20},
     }
     monitor = "bbox_AP"
+    ddp_find_unused = True       # e.g. a Swin backbone's final norm feeds no FPN level
 
     def build(self, session) -> None:
         import vitlab

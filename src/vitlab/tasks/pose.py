@@ -94,6 +94,7 @@ class PoseTask(Task):
         "run": {"log_every": 20, "eval_every": 10},
     }
     monitor = "AP"
+    ddp_find_unused = True
 
     def build(self, session) -> None:
         import vitlab
