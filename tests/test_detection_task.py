@@ -73,3 +73,23 @@ def test_pose_train_eval_predict(sets, tmp_path, capsys):
     assert main(["pose", "predict", str(run), str(image), "-o", str(tmp_path / "pp"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and np.array(rows[0]["people"]).shape == (1, 17, 3)
+
+
+def test_backbone_weights_load_strictly(tmp_path):
+    """An ImageNet checkpoint of the same variant initialises the detector's backbone; another variant's is refused."""
+    import torch
+    import vitlab
+    from vitlab.checkpoints.load import CheckpointError
+    from vitlab.tasks.detection import load_initial_weights
+    torch.manual_seed(0)
+    classifier = vitlab.create_model("uniformer_micro", num_classes=10)
+    torch.save(classifier.state_dict(), tmp_path / "micro.pth")
+    detector = vitlab.create_model("mask_rcnn_micro", num_classes=3)
+    lines = []
+    load_initial_weights(detector, None, str(tmp_path / "micro.pth"), lines.append)
+    first = next(k for k in classifier.state_dict() if k.endswith("weight") and "head" not in k)
+    assert torch.equal(detector.backbone.state_dict()[first], classifier.state_dict()[first])
+    assert "backbone initialised from" in lines[0]
+    torch.save(vitlab.create_model("uniformer_small").state_dict(), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_initial_weights(detector, None, str(tmp_path / "small.pth"), lines.append)

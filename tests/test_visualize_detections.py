@@ -1,4 +1,5 @@
-"""Drawing detections: a real PNG at the image's size with boxes, masks, keypoints, a legend and a caption."""
+"""Drawing detections: boxes, masks, keypoints, a legend and a caption; PNGs with a header band, side by side with
+the ground truth, small images enlarged."""
 import numpy as np
 import pytest
 import torch
@@ -56,13 +57,37 @@ def test_draw_detections_writes_a_png_atomically(tmp_path):
     img, pred = _scene()
     chw = torch.from_numpy(img).permute(2, 0, 1).float() / 255  # a float CHW image is accepted too
     path = draw_detections(tmp_path / "sub" / "det.png", chw, pred, class_names=["person", "car"],
-                           title="mask_rcnn_micro: 000001.png")
+                           title="mask_rcnn_micro: 000001.png", min_side=0)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expected = render_detections(img, **pred, class_names=["person", "car"], title="mask_rcnn_micro: 000001.png",
+                                 header=True)
     with Image.open(path) as im:
-        assert im.size == (W, H) and im.mode == "RGB"
-        assert np.array_equal(np.asarray(im), render_detections(img, **pred, class_names=["person", "car"],
-                                                                title="mask_rcnn_micro: 000001.png"))
+        assert im.mode == "RGB" and np.array_equal(np.asarray(im), expected)
+    band = expected.shape[0] - H
+    assert 10 < band < 80 and expected.shape[1] == W                      # title + legend above the image
+    assert np.array_equal(expected[band:][10, 10], [90, 90, 90])          # the image's corner is not covered
+    assert (expected[:band] == 255).mean() > 0.5                          # a white band with dark text
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["det.png"]  # no temporary file left
+
+
+def test_small_images_are_enlarged_and_compared_with_the_truth(tmp_path):
+    img, pred = _scene()
+    truth = {"boxes": pred["boxes"][:2], "labels": pred["labels"][:2], "masks": pred["masks"][:2]}
+    path = draw_detections(tmp_path / "cmp.png", img, pred, truth=truth, class_names=["person", "car"],
+                           title="val 000001.png")
+    with Image.open(path) as im:
+        picture = np.asarray(im)
+    f = 4                                                      # 480 / 120: labels stay legible
+    band = picture.shape[0] - H * f
+    assert picture.shape[1] == 2 * W * f + 8 and 10 < band < 100
+    colors = class_colors(2)
+    left, right = picture[band:, :W * f], picture[band:, W * f + 8:]
+    # the second instance's mask interior in both panels (enlarged coordinates), blended towards its colour
+    for panel in (left, right):
+        assert np.abs(panel[95 * f, 130 * f].astype(int) - (0.55 * 90 + 0.45 * colors[1])).max() < 3
+    # the third box (score 0.1) is in neither: not in the truth, and below the prediction threshold
+    assert (left[10 * f, 10 * f] == 90).all() and (right[10 * f, 10 * f] == 90).all()
+    assert (picture[band:, W * f:W * f + 8] == 255).all()      # a white gap between the panels
 
 
 def test_inputs_are_checked():

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 COMMAND = "flops"
 HELP = "multiply-adds (GMACs) per stage and in total, with the published figure where known"
 
-# name -> (published GMACs, image side, frames or None, where the number is published)
+# name -> (published GMACs, image side or (height, width), frames or None, where the number is published)
 PUBLISHED_GMACS = {
     "volo_d1": (6.8, 224, None, "VOLO, arXiv 2106.13112, Table 3"),
     "volo_d2": (14.1, 224, None, "VOLO, arXiv 2106.13112, Table 3"),
@@ -44,6 +44,15 @@ PUBLISHED_GMACS = {
     "pale_base": (15.6, 224, None, "Pale Transformer, arXiv 2112.14000, Table 2"),
     "segvit_vit_large": (637.9, 640, None, "SegViT, arXiv 2210.05844, Table 4 (ADE20K, 640x640)"),
     "segvit_vit_large_shrunk": (373.5, 640, None, "SegViT, arXiv 2210.05844, Table 4 (ADE20K, 640x640)"),
+    "mask_rcnn_uniformer_small_h14": (269.0, (800, 1280), None, "UniFormer object_detection model zoo (1280x800)"),
+    "mask_rcnn_uniformer_base_h14": (399.0, (800, 1280), None, "UniFormer object_detection model zoo (1280x800)"),
+    "cascade_mask_rcnn_uniformer_small_h14": (747.0, (800, 1280), None,
+                                              "UniFormer object_detection model zoo (1280x800)"),
+    "cascade_mask_rcnn_uniformer_base_h14": (878.0, (800, 1280), None,
+                                             "UniFormer object_detection model zoo (1280x800)"),
+    "mask_rcnn_swin_tiny": (267.0, (800, 1280), None, "Swin-Transformer-Object-Detection model zoo (1280x800)"),
+    "topdown_uniformer_small": (4.7, (256, 192), None, "UniFormer pose_estimation model zoo (256x192)"),
+    "topdown_uniformer_base": (9.2, (256, 192), None, "UniFormer pose_estimation model zoo (256x192)"),
 }
 
 
@@ -52,6 +61,9 @@ def add_arguments(p):
               img_size={"help": "input side in pixels (default: the model's own size)"})
     p.add_argument("--img", dest="img_size", type=int, help=argparse.SUPPRESS)  # older spelling
     p.add_argument("--frames", type=int, help="clip length for video models (default: the model's own)")
+    p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
+                   help="input height and width, for models that take any size (detectors count at 800 1280 "
+                        "by default, as mmdetection's get_flops)")
     p.add_argument("--depth", type=int, default=0, help="also list multiply-adds per module, cut at this depth")
 
 
@@ -169,15 +181,22 @@ def _build(spec: str, img: int | None, frames: int | None, device: str) -> nn.Mo
     return model
 
 
-def measure(spec: str, img: int | None = None, frames: int | None = None, depth: int = 64) -> dict:
-    """Count multiply-adds of one forward pass of batch 1; tries the meta device first (no compute)."""
+def measure(spec: str, img: int | None = None, frames: int | None = None, depth: int = 64,
+            hw: tuple[int, int] | None = None) -> dict:
+    """Count multiply-adds of one forward pass of batch 1; tries the meta device first (no compute).
+
+    Without ``img``/``hw`` the model's ``pretrained_cfg['flops_input_size']`` (detectors: 800x1280) or its
+    ``input_size`` is used.
+    """
     from vitlab.bench.flops import count_macs
     from vitlab.export.inputs import example_inputs
     last_error = None
     for device in ("meta", "cpu"):
         try:
             model = _build(spec, img, frames, device)
-            inputs = example_inputs(model, batch=1, img=img, frames=frames, device=device)
+            size = getattr(model, "pretrained_cfg", {}).get("flops_input_size")
+            shape = hw or (tuple(size[-2:]) if size and not img else None)
+            inputs = example_inputs(model, batch=1, img=img, frames=frames, device=device, hw=shape)
             with record_call_order(model) as call_order:
                 total, per_module = count_macs(model, *inputs, depth=depth)
             break
@@ -192,11 +211,16 @@ def measure(spec: str, img: int | None = None, frames: int | None = None, depth:
 
 def run(args) -> int:
     from vitlab.bench.flops import group_by_prefix
-    result = measure(args.model, args.img_size, args.frames)
+    if args.shape and args.img_size:
+        raise ValueError("give either --img-size (a square side) or --shape H W, not both")
+    if args.shape and min(args.shape) < 32:
+        raise ValueError(f"--shape expects a height and width of at least 32 pixels, got {args.shape}")
+    result = measure(args.model, args.img_size, args.frames, hw=args.shape)
     published = PUBLISHED_GMACS.get(result["model"])
-    side = result["input_shape"][-1]
+    hw = tuple(result["input_shape"][-2:])
     frames = result["input_shape"][2] if len(result["input_shape"]) == 5 else None
-    if published and (published[1], published[2]) == (side, frames):
+    if published and (published[1] if isinstance(published[1], tuple) else (published[1],) * 2) == hw \
+            and published[2] == frames:
         result["published_gmacs"], result["published_source"] = published[0], published[3]
         result["ratio_to_published"] = result["gmacs"] / published[0]
     modules = group_by_prefix(result.pop("per_module"), result["macs"], args.depth) if args.depth else None

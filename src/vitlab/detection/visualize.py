@@ -1,11 +1,13 @@
-"""Drawing detections, instance masks and keypoints over an image (a PNG at the image's own size).
+"""Drawing detections, instance masks and keypoints over an image.
 
-:func:`render_detections` returns the picture as a uint8 (H, W, 3) array; :func:`draw_detections`
-writes it as a PNG atomically (``vitlab.checkpoints.atomic.atomic_write``). Boxes get their class
-colour, a ``"name 0.87"`` tag and (with ``masks``) a semi-transparent mask fill; keypoints are dots
-joined by the COCO skeleton (joints below ``kpt_thr`` are left out); a legend of the classes drawn
-sits in the top-right corner and an optional caption in the top-left. Instances below ``score_thr``
-are not drawn. Everything is drawn with Pillow.
+:func:`render_detections` returns the picture as a uint8 array; :func:`draw_detections` writes it as a
+PNG atomically (``vitlab.checkpoints.atomic.atomic_write``). Boxes get their class colour, a
+``"name 0.87"`` tag and (with ``masks``) a semi-transparent mask fill; keypoints are dots joined by the
+COCO skeleton (joints below ``kpt_thr`` are left out). Instances below ``score_thr`` are not drawn.
+On the image itself the legend of the classes drawn sits in the top-right corner and the caption in the
+top-left; with ``header=True`` (what the written PNGs use) both go to a band above the image, so they
+hide nothing. With ``truth`` the PNG shows the ground truth and the prediction side by side.
+Everything is drawn with Pillow.
 """
 from __future__ import annotations
 
@@ -75,8 +77,8 @@ def _kpt_color(j: int) -> tuple[int, int, int]:
 
 def render_detections(image, boxes=None, labels=None, scores=None, masks=None, keypoints=None,
                       class_names=None, score_thr: float = 0.3, kpt_thr: float = 0.3, skeleton=COCO_SKELETON,
-                      title: str = "", alpha: float = 0.45, legend: bool = True) -> np.ndarray:
-    """The drawing as uint8 (H, W, 3), the image's size.
+                      title: str = "", alpha: float = 0.45, legend: bool = True, header: bool = False) -> np.ndarray:
+    """The drawing as uint8 (H, W, 3), the image's size (``header``: with the title and legend band above).
 
     ``boxes`` (n, 4) xyxy pixels, ``labels`` (n,) contiguous class indices, ``scores`` (n,), ``masks``
     (n, H, W) bool, ``keypoints`` (n, K, 3) x, y, score (or visibility); any may be None.
@@ -138,24 +140,87 @@ def render_detections(image, boxes=None, labels=None, scores=None, masks=None, k
             for j in np.flatnonzero(ok):
                 x, y = float(kp[j, 0]), float(kp[j, 1])
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=_kpt_color(j), outline=(0, 0, 0))
-    if legend and n and (boxes is not None or masks is not None):
-        present = sorted(set(labels[keep].tolist()))
-        if present:
-            rows = [(names[c] if c < len(names) else str(c), tuple(int(v) for v in colors[c])) for c in present]
-            sizes = [draw.textbbox((0, 0), t, font=font) for t, _ in rows]
-            th = max(b - t for _, t, _, b in sizes)
-            tw = max(r - l for l, _, r, _ in sizes)
-            x0 = max(W - tw - th - 12, 0)
-            draw.rectangle([x0, 0, W - 1, len(rows) * (th + 4) + 4], fill=(0, 0, 0, 150))
-            for row, ((text, c), (l, t, _, _)) in enumerate(zip(rows, sizes)):
-                y = 4 + row * (th + 4)
-                draw.rectangle([x0 + 4, y, x0 + 4 + th, y + th], fill=c)
-                draw.text((x0 + 8 + th - l, y - t), text, fill=(255, 255, 255), font=font)
+    rows = _legend_rows(labels[keep], names, colors) if legend and (boxes is not None or masks is not None) else []
+    if header:
+        return stack_header(np.asarray(canvas), title, rows)
+    if rows:
+        sizes = [draw.textbbox((0, 0), t, font=font) for t, _ in rows]
+        th = max(b - t for _, t, _, b in sizes)
+        tw = max(r - l for l, _, r, _ in sizes)
+        x0 = max(W - tw - th - 12, 0)
+        draw.rectangle([x0, 0, W - 1, len(rows) * (th + 4) + 4], fill=(0, 0, 0, 150))
+        for row, ((text, c), (l, t, _, _)) in enumerate(zip(rows, sizes)):
+            y = 4 + row * (th + 4)
+            draw.rectangle([x0 + 4, y, x0 + 4 + th, y + th], fill=c)
+            draw.text((x0 + 8 + th - l, y - t), text, fill=(255, 255, 255), font=font)
     if title:
         l, t, r, b = draw.textbbox((0, 0), title, font=font)
         draw.rectangle([0, 0, min(r - l + 8, W - 1), b - t + 8], fill=(0, 0, 0, 160))
         draw.text((4 - l, 4 - t), title, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
+
+
+def _legend_rows(labels: np.ndarray, names: list[str], colors: np.ndarray) -> list[tuple[str, tuple]]:
+    """(name, colour) of each class present in ``labels``, in class order."""
+    return [(names[c] if c < len(names) else str(c), tuple(int(v) for v in colors[c]))
+            for c in sorted(set(labels.tolist()))]
+
+
+def stack_header(picture: np.ndarray, title: str, rows: list[tuple[str, tuple]]) -> np.ndarray:
+    """``picture`` below a white band holding ``title`` and the legend chips (wrapped to the width)."""
+    from PIL import Image, ImageDraw
+    if not title and not rows:
+        return picture
+    H, W = picture.shape[:2]
+    font = _font(max(11, min(18, round(W / 40))))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = max(probe.textbbox((0, 0), "Ag", font=font)[3], 10) + 6
+    lines: list[list[tuple[int, str, tuple | None]]] = [[]] if not title else [[(4, title, None)], []]
+    x = 4
+    for text, color in rows:
+        w = probe.textbbox((0, 0), text, font=font)[2] + line_h + 10
+        if x + w > W and lines[-1]:
+            lines.append([])
+            x = 4
+        lines[-1].append((x, text, color))
+        x += w
+    lines = [ln for ln in lines if ln]
+    band = Image.new("RGB", (W, len(lines) * line_h + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        y = 3 + i * line_h
+        for x, text, color in line:
+            if color is not None:
+                draw.rectangle([x, y + 2, x + line_h - 8, y + line_h - 6], fill=color, outline=(0, 0, 0))
+                x += line_h - 2
+            draw.text((x, y), text, fill=(0, 0, 0), font=font)
+    return np.concatenate([np.asarray(band), picture], axis=0)
+
+
+def render_comparison(image, truth: dict, prediction: dict, class_names=None, score_thr: float = 0.3,
+                      title: str = "", **kwargs) -> np.ndarray:
+    """Ground truth (left) and prediction (right) of one image, each captioned, under one title and legend."""
+    k = len(class_names or ())
+    for d in (truth, prediction):
+        if d.get("labels") is not None and len(d["labels"]):
+            k = max(k, int(_numpy(d["labels"]).max()) + 1)
+    names = list(class_names) if class_names else [str(c) for c in range(max(k, 1))]
+    colors = class_colors(max(k, 1))
+    panels, present = [], []
+    predicted = f"prediction (score >= {score_thr:.2f})" if score_thr > 0 else "prediction"
+    for caption, d, thr in (("ground truth", truth, 0.0), (predicted, prediction, score_thr)):
+        d = {key: v for key, v in d.items() if key in ("boxes", "labels", "scores", "masks", "keypoints")}
+        panel = render_detections(image, **d, class_names=names, score_thr=thr, title=caption, legend=False,
+                                  **kwargs)
+        panels.append(panel)
+        labels, scores = _numpy(d.get("labels")), _numpy(d.get("scores"))
+        if labels is not None:
+            present.append(labels[scores >= thr] if scores is not None else labels)
+    gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
+    labels = np.concatenate(present).astype(np.int64) if present else np.zeros(0, np.int64)
+    rows = _legend_rows(labels, names, colors) if any(d.get("boxes") is not None or d.get("masks") is not None
+                                                    for d in (truth, prediction)) else []
+    return stack_header(np.concatenate([panels[0], gap, panels[1]], axis=1), title, rows)
 
 
 def upscale(image, args: dict, min_side: int) -> tuple[np.ndarray, dict]:
@@ -179,18 +244,24 @@ def upscale(image, args: dict, min_side: int) -> tuple[np.ndarray, dict]:
 
 
 def draw_detections(path: str | os.PathLike, image, prediction: dict | None = None, min_side: int = 480,
-                    **kwargs) -> Path:
-    """Write :func:`render_detections` as a PNG at ``path`` (atomically); ``prediction`` may hold the
-    ``boxes`` / ``labels`` / ``scores`` / ``masks`` / ``keypoints`` arguments. Images smaller than
-    ``min_side`` are enlarged first (an integer factor) so that labels stay legible. Returns the path."""
+                    truth: dict | None = None, **kwargs) -> Path:
+    """Write the drawing as a PNG at ``path`` (atomically) with the caption and legend in a band above it.
+
+    ``prediction`` (and ``truth``, drawn to its left) may hold ``boxes`` / ``labels`` / ``scores`` /
+    ``masks`` / ``keypoints``. Images smaller than ``min_side`` are enlarged first (an integer factor)
+    so that labels stay legible. Returns the path.
+    """
     from PIL import Image
 
     from vitlab.checkpoints.atomic import atomic_write
-    args = {k: v for k, v in (prediction or {}).items()
-            if k in ("boxes", "labels", "scores", "masks", "keypoints")}
-    image, args = upscale(image, args, min_side)
-    args.update(kwargs)
-    picture = render_detections(image, **args)
+    keys = ("boxes", "labels", "scores", "masks", "keypoints")
+    args = {k: v for k, v in (prediction or {}).items() if k in keys}
+    enlarged, args = upscale(image, args, min_side)
+    if truth is not None:
+        _, gt = upscale(image, {k: v for k, v in truth.items() if k in keys}, min_side)
+        picture = render_comparison(enlarged, gt, args, **kwargs)
+    else:
+        picture = render_detections(enlarged, **args, header=True, **kwargs)
     path = Path(path)
     atomic_write(path, lambda p: Image.fromarray(picture).save(p, format="PNG"))
     return path

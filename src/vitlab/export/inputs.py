@@ -21,6 +21,14 @@ def default_sizes(model: nn.Module) -> tuple[int, int, int | None]:
     return int(getattr(model, "in_chans", 3)), int(getattr(model, "img_size", 224)), None
 
 
+def default_shape(model: nn.Module) -> tuple[int, int, int, int | None]:
+    """(in_chans, height, width, frames or None): ``default_sizes`` keeping non-square inputs (pose crops, detectors)."""
+    chans, side, clip = default_sizes(model)
+    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", ()))
+    height = int(size[-2]) if len(size) >= 3 else side
+    return chans, height, side, clip
+
+
 def size_overrides(model: nn.Module, img: int | None, frames: int | None) -> dict:
     """Constructor overrides (``img_size``, ``num_frames``) to rebuild ``model`` for another input size."""
     _, side, clip = default_sizes(model)
@@ -33,12 +41,19 @@ def size_overrides(model: nn.Module, img: int | None, frames: int | None) -> dic
 
 
 def example_inputs(model: nn.Module, batch: int = 2, img: int | None = None, frames: int | None = None,
-                   generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor]:
-    """A random input batch of the size the model expects: (B, C, S, S), or (B, C, T, S, S) for video models."""
-    chans, side, clip = default_sizes(model)
-    side = img or side
+                   generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                   hw: tuple[int, int] | None = None) -> tuple[torch.Tensor]:
+    """A random input batch of the size the model expects: (B, C, H, W), or (B, C, T, H, W) for video models.
+
+    ``img`` asks for a square side, ``hw`` for (height, width); by default the model's own ``input_size``.
+    """
+    chans, height, width, clip = default_shape(model)
+    if img:
+        height = width = img
+    if hw:
+        height, width = (int(v) for v in hw)
     if frames is not None and clip is None:
         raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} takes images, not clips: "
                          f"drop --frames")
-    shape = (batch, chans, frames or clip, side, side) if clip is not None else (batch, chans, side, side)
+    shape = (batch, chans, frames or clip, height, width) if clip is not None else (batch, chans, height, width)
     return (torch.randn(shape, generator=generator, device=device),)

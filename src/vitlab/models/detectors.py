@@ -33,6 +33,7 @@ from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.models.registry import create_model, get_entry, register_family, register_model
 
 DETECTION_INPUT_SIZE = (3, 800, 1333)
+DETECTION_FLOPS_SIZE = (3, 800, 1280)      # the size mmdetection's get_flops (and the papers' tables) count at
 
 
 def build_backbone(name: str, kwargs: dict | None = None):
@@ -105,7 +106,8 @@ def _build(cls, backbone: str, backbone_kwargs: dict | None, num_classes: int, n
     cfg = dict(getattr(bb, "pretrained_cfg", {}) or {})
     pretrained_cfg = {"input_size": DETECTION_INPUT_SIZE, "mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
                       "std": tuple(cfg.get("std", IMAGENET_STD)), "crop_pct": 1.0, "interpolation": "bilinear",
-                      "num_classes": num_classes, "img_scale": (1333, 800), "size_divisor": 32, "task": "detection"}
+                      "num_classes": num_classes, "img_scale": (1333, 800), "size_divisor": 32, "task": "detection",
+                      "flops_input_size": DETECTION_FLOPS_SIZE}
     model = cls(bb, neck_cfg, rpn_cfg, roi_cfg, train_cfg=merge_cfg(defaults["train_cfg"], train_cfg),
                 test_cfg=merge_cfg(defaults["test_cfg"], test_cfg), pyramid=pyr, backbone_indices=indices,
                 pretrained_cfg=pretrained_cfg)
@@ -209,5 +211,6 @@ def mask_rcnn_micro(**kwargs):
     """Micro Mask R-CNN for tests and CPU runs (uniformer_micro, FPN 64, fc 256, mask convs 64, anchors 16-256 px)."""
     cfg = {k: merge_cfg(v, kwargs.pop(k, None)) for k, v in MICRO_CFG.items()}
     model = _variant(mask_rcnn, "uniformer_micro", {}, kwargs, **cfg)
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 192, 192), "img_scale": (192, 192)}
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 192, 192), "img_scale": (192, 192),
+                            "flops_input_size": (3, 192, 192)}
     return model

@@ -27,6 +27,8 @@ DET_SECTION = {
     "flip_prob": F(0.5, "float", low=0.0, high=1.0),
     "with_masks": F(True, "bool", doc="instance masks (Mask R-CNN); false trains boxes only"),
     "data_root": F(None, "str", optional=True, doc="where the built-in set is written (default ~/.cache/vitlab)"),
+    "backbone_weights": F(None, "str", optional=True, doc="an ImageNet checkpoint of the backbone (model.pretrained: "
+                                                           "a whole detector's)"),
     "eval_limit": F(None, "int", optional=True, low=1, doc="evaluate the first N validation images only"),
     "visualize": F(4, "int", low=0, doc="validation images drawn with their predictions at the end"),
     "score_thr": F(0.3, "float", low=0.0, high=1.0, doc="score threshold of the drawn predictions"),
@@ -81,6 +83,19 @@ def detection_sets(cfg: dict, mean, std, train: bool = True):
     val_set = CocoDetection(root, *coco_split(root, "val"), transform=t, with_masks=det["with_masks"],
                             filter_empty=False)
     return train_set, val_set
+
+
+def load_initial_weights(model, whole: str | None, backbone: str | None, log) -> None:
+    """A whole model's checkpoint (``model.pretrained``) and/or the backbone's, both reported.
+
+    The backbone's is loaded strictly: a classification checkpoint of the same variant fits (its head
+    and final norm are dropped, the per-stage output norms start fresh); any other raises naming the keys.
+    """
+    import vitlab
+    if whole:
+        log(f"initialised from {whole}: {vitlab.load_checkpoint(model, whole, strict=False)}")
+    if backbone:
+        log(f"backbone initialised from {backbone}: {vitlab.load_checkpoint(model.backbone, backbone, strict=True)}")
 
 
 class DetectionLoss(torch.nn.Module):
@@ -164,10 +179,10 @@ class DetectionTask(Task):
         if kwargs.pop("num_classes", k) != k:
             raise ConfigError(f"model.kwargs.num_classes={cfg['model']['kwargs']['num_classes']} but the data has {k} "
                               f"categories; leave num_classes out (the heads are sized from the data)")
+        if cfg["model"]["drop_path"] is not None:
+            kwargs["backbone_kwargs"] = {**kwargs.get("backbone_kwargs", {}), "drop_path_rate": cfg["model"]["drop_path"]}
         self.model = vitlab.create_model(cfg["model"]["name"], num_classes=k, **kwargs)
-        if cfg["model"]["pretrained"]:
-            report = vitlab.load_checkpoint(self.model, cfg["model"]["pretrained"], strict=False)
-            session.log(f"initialised from {cfg['model']['pretrained']}: {report}")
+        load_initial_weights(self.model, cfg["model"]["pretrained"], cfg["det"]["backbone_weights"], session.log)
         self.class_names = list(self.train_set.class_names)
         self.info = {"dataset": cfg["data"]["name"], "root": str(self.train_set.root), "classes": k,
                      "train": len(self.train_set), "val": len(self.val_set)}
@@ -235,7 +250,7 @@ class DetectionTask(Task):
 
 @torch.no_grad()
 def draw_predictions(model, dataset, device, folder: Path, count: int, score_thr: float, title: str) -> list[Path]:
-    """PNGs of the first ``count`` images of ``dataset`` with the predictions above ``score_thr`` drawn."""
+    """PNGs of the first ``count`` images of ``dataset``: the ground truth beside the predictions above ``score_thr``."""
     from vitlab.data.det_transforms import collate_detection
     from vitlab.data.folder import load_image
     from vitlab.detection.visualize import draw_detections
@@ -245,7 +260,9 @@ def draw_predictions(model, dataset, device, folder: Path, count: int, score_thr
         (images, metas), _, _ = collate_detection([dataset[i]])
         pred = model.predict(images.to(device), metas)[0]
         image = load_image(str(dataset.image_path(i)), "RGB")
-        paths.append(draw_detections(folder / f"{Path(metas[0]['file_name']).stem}.png", image, pred,
+        truth = dataset.target(i)
+        truth["masks"] = None if truth["masks"] is None else truth["masks"].bool()
+        paths.append(draw_detections(folder / f"{Path(metas[0]['file_name']).stem}.png", image, pred, truth=truth,
                                      class_names=dataset.class_names, score_thr=score_thr,
                                      title=f"{title}: {metas[0]['file_name']}"))
     return paths

@@ -17,6 +17,7 @@ import torch
 
 from vitlab.engine.schema import F
 from vitlab.engine.task import Task
+from vitlab.tasks.detection import load_initial_weights
 
 POSE_SECTION = {
     "input_size": F([192, 256], "list", length=2, item="int", low=8, doc="crop width, height"),
@@ -27,6 +28,7 @@ POSE_SECTION = {
     "rot_factor": F(40.0, "float", low=0.0), "scale_factor": F(0.5, "float", low=0.0),
     "half_body_prob": F(0.3, "float", low=0.0, high=1.0),
     "data_root": F(None, "str", optional=True, doc="where the built-in set is written (default ~/.cache/vitlab)"),
+    "backbone_weights": F(None, "str", optional=True, doc="an ImageNet checkpoint of the backbone"),
     "eval_limit": F(None, "int", optional=True, low=1),
     "visualize": F(4, "int", low=0, doc="validation images drawn with their predicted skeletons at the end"),
 }
@@ -106,9 +108,7 @@ class PoseTask(Task):
             kwargs["backbone_kwargs"] = {**kwargs.get("backbone_kwargs", {}), "drop_path_rate": m["drop_path"]}
         self.model = vitlab.create_model(m["name"], num_keypoints=self.train_set.num_keypoints,
                                          input_size=list(p["input_size"]), **kwargs)
-        if m["pretrained"]:
-            session.log(f"initialised from {m['pretrained']}: "
-                        f"{vitlab.load_checkpoint(self.model, m['pretrained'], strict=False)}")
+        load_initial_weights(self.model, m["pretrained"], p["backbone_weights"], session.log)
         self.class_names = []
         self.info = {"dataset": cfg["data"]["name"], "train_people": len(self.train_set),
                      "val_people": len(self.val_set), "keypoints": self.train_set.num_keypoints}
@@ -170,7 +170,7 @@ class PoseTask(Task):
 
 
 def draw_skeletons(dataset, results: list[dict], folder: Path, count: int, title: str) -> list[Path]:
-    """PNGs of the first ``count`` validation images with every predicted skeleton drawn."""
+    """PNGs of the first ``count`` validation images: annotated skeletons (visible joints) beside the predicted."""
     import numpy as np
 
     from vitlab.data.folder import load_image
@@ -181,7 +181,10 @@ def draw_skeletons(dataset, results: list[dict], folder: Path, count: int, title
         people = [r for r in results if r["image_id"] == img_id]
         keypoints = np.array([np.reshape(r["keypoints"], (-1, 3)) for r in people], dtype=np.float32)
         image = load_image(str(Path(dataset.img_dir) / info["file_name"]), "RGB")
+        annotated = [np.reshape(a["keypoints"], (-1, 3)) for a in dataset.coco.imgToAnns.get(img_id, [])
+                     if a.get("num_keypoints", 0) > 0]
+        truth = {"keypoints": np.array(annotated, dtype=np.float32).reshape(-1, keypoints.shape[1], 3)}
         paths.append(draw_detections(folder / f"{Path(info['file_name']).stem}.png", image,
                                      {"keypoints": keypoints, "scores": np.array([r["score"] for r in people])},
-                                     score_thr=0.0, title=f"{title}: {info['file_name']}"))
+                                     truth=truth, score_thr=0.0, title=f"{title}: {info['file_name']}"))
     return paths
