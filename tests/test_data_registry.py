@@ -24,7 +24,8 @@ def test_builtin_names_and_specs(tmp_path):
 
 def test_the_task_list_is_explicit():
     from vitlab.tasks import TASKS, list_tasks, task_class
-    assert list_tasks() == ["classification", "pretraining", "segmentation", "video"] == sorted(TASKS)
+    assert list_tasks() == ["classification", "detection", "pose", "pretraining", "segmentation", "video"] \
+        == sorted(TASKS)
     assert task_class("video").name == "video" and task_class("segmentation").monitor == "mIoU"
     with pytest.raises(ConfigError, match="unknown task 'segmentaton'; did you mean segmentation"):
         task_class("segmentaton")

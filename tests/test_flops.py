@@ -17,9 +17,8 @@ REGISTERED = set(vitlab.list_models())
 
 def _cases():
     """Detectors count on the CPU at 1280x800 (their proposal selection has no meta kernel): slow."""
-    for name in sorted(PUBLISHED):
-        slow = "mask_rcnn" in name
-        yield pytest.param(name, marks=[pytest.mark.slow] if slow else [])
+    return [pytest.param(name, marks=[pytest.mark.slow] if "mask_rcnn" in name else [])
+            for name in sorted(PUBLISHED)]
 
 
 @pytest.mark.parametrize("name", _cases())
