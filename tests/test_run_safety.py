@@ -42,6 +42,23 @@ def test_a_read_only_folder_is_one_clear_line(tmp_path, monkeypatch):
     assert not (tmp_path / "x.txt").exists()
 
 
+def test_written_files_get_the_mode_open_gives_not_the_temporary_0600(tmp_path):
+    import stat
+    umask = os.umask(0o022)
+    try:
+        import importlib
+
+        import vitlab.checkpoints.atomic as atomic
+        atomic = importlib.reload(atomic)       # it reads the umask once, at import
+        atomic.atomic_write_text(tmp_path / "a.txt", "x")
+        atomic.atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "b.pth")
+        for name in ("a.txt", "b.pth"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(umask)
+        importlib.reload(atomic)
+
+
 def test_json_has_no_bare_nan(tmp_path):
     atomic_write_json(tmp_path / "r.json", {"mIoU": float("nan"), "per_class": [1.0, float("inf")], "ok": 2})
     text = (tmp_path / "r.json").read_text()

@@ -2,7 +2,8 @@
 
 A reader sees either the old file or the complete new one, never a torn write. When the write
 fails (a full disk, a read-only folder, no permission) the temporary file is removed, the previous
-file is left as it was, and :class:`~vitlab.errors.WriteError` says so in one line. JSON is written
+file is left as it was, and :class:`~vitlab.errors.WriteError` says so in one line. The file gets the
+mode a plain ``open()`` would give it (0666 less the umask), not the temporary file's 0600. JSON is written
 without bare ``NaN``/``Infinity`` (they become ``null``), so every JSON reader accepts it.
 """
 from __future__ import annotations
@@ -21,6 +22,20 @@ from vitlab.errors import WriteError
 _REASONS = {errno.ENOSPC: "no space left on device", errno.EROFS: "the folder is on a read-only file system",
             errno.EACCES: "permission denied", errno.EPERM: "permission denied",
             errno.EDQUOT: "disk quota exceeded"}
+
+
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()      # read once: setting the umask to read it is not thread-safe
+
+
+def default_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 less the umask): temporary files start as 0600."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:
@@ -42,6 +57,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        default_permissions(tmp)
         os.replace(tmp, path)
         tmp = None
     except OSError as e:

@@ -199,7 +199,7 @@ def stack_header(picture: np.ndarray, title: str, rows: list[tuple[str, tuple]])
 
 def render_comparison(image, truth: dict, prediction: dict, class_names=None, score_thr: float = 0.3,
                       title: str = "", **kwargs) -> np.ndarray:
-    """Ground truth (left) and prediction (right) of one image, each captioned, under one title and legend."""
+    """Ground truth (left) and prediction (right) of one image, each captioned above, under one title and legend."""
     k = len(class_names or ())
     for d in (truth, prediction):
         if d.get("labels") is not None and len(d["labels"]):
@@ -210,9 +210,8 @@ def render_comparison(image, truth: dict, prediction: dict, class_names=None, sc
     predicted = f"prediction (score >= {score_thr:.2f})" if score_thr > 0 else "prediction"
     for caption, d, thr in (("ground truth", truth, 0.0), (predicted, prediction, score_thr)):
         d = {key: v for key, v in d.items() if key in ("boxes", "labels", "scores", "masks", "keypoints")}
-        panel = render_detections(image, **d, class_names=names, score_thr=thr, title=caption, legend=False,
-                                  **kwargs)
-        panels.append(panel)
+        panel = render_detections(image, **d, class_names=names, score_thr=thr, legend=False, **kwargs)
+        panels.append(stack_header(panel, caption, []))    # above the panel: it hides no box tag
         labels, scores = _numpy(d.get("labels")), _numpy(d.get("scores"))
         if labels is not None:
             present.append(labels[scores >= thr] if scores is not None else labels)

@@ -108,13 +108,6 @@ def onnx_op_types(path: str | Path) -> Counter:
     return counts
 
 
-def default_permissions(path: str | Path) -> None:
-    """Give ``path`` the mode a plain ``open()`` would (0666 less the umask): temporary files start as 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress prints, deprecation warnings and 'torchvision not installed' logs."""
@@ -264,7 +257,6 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, opset: int = 
                         _export_torchscript_based(model, inputs, tmp, opset, dynamic_batch, names_in, names_out)
                 except Exception as e:  # noqa: BLE001
                     raise _failure(model, opset, e, inputs) from e
-            default_permissions(tmp)
     finally:
         model.train(was_training)
     return path

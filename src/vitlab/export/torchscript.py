@@ -17,7 +17,7 @@ from torch import nn
 from vitlab.checkpoints.atomic import atomic_path
 from vitlab.errors import VitlabError
 
-from .onnx import ExportError, default_permissions, describe_operator, operators_in_error
+from .onnx import ExportError, describe_operator, operators_in_error
 
 
 def export_torchscript(model: nn.Module, inputs: tuple, path: str | Path) -> Path:
@@ -31,7 +31,6 @@ def export_torchscript(model: nn.Module, inputs: tuple, path: str | Path) -> Pat
             traced = torch.jit.trace(model, inputs, check_trace=False, strict=False)
             with atomic_path(path) as tmp:
                 traced.save(str(tmp))
-                default_permissions(tmp)
     except VitlabError:  # a file that cannot be written says so itself
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the operator named
