@@ -69,10 +69,34 @@ def test_pose_train_eval_predict(sets, tmp_path, capsys):
     capsys.readouterr()
     assert main(["pose", "eval", str(run), "--json", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["AP"] == pytest.approx(summary["AP"])
+    assert main(["pose", "eval", str(run), "--visualize", "1"]) == 2                  # drawings need --output
+    assert main(["pose", "eval", str(run), "--visualize", "1", "-o", str(tmp_path / "pe"), "--threads", "1"]) == 0
+    assert len(list((tmp_path / "pe" / "predictions").glob("*.png"))) == 1
     image = next((keypoints / "images" / "val").glob("*.png"))
     assert main(["pose", "predict", str(run), str(image), "-o", str(tmp_path / "pp"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and np.array(rows[0]["people"]).shape == (1, 17, 3)
+
+    # person boxes from `detect predict --json`: one image with two people, one with none, one not listed
+    others = sorted((keypoints / "images" / "val").glob("*.png"))[1:3]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([
+        {"image": str(image), "detections": [{"label": "person", "score": 0.9, "box": [0, 0, 60, 120]},
+                                             {"label": "person", "score": 0.8, "box": [60, 0, 128, 128]},
+                                             {"label": "car", "score": 0.9, "box": [0, 0, 10, 10]}]},
+        {"image": str(others[0]), "detections": [{"label": "car", "score": 0.9, "box": [0, 0, 10, 10]}]}]))
+    assert main(["pose", "predict", str(run), str(image), *map(str, others), "--boxes", str(boxes),
+                 "-o", str(tmp_path / "pb"), "--json"]) == 0
+    out = capsys.readouterr()
+    rows = {r["image"]: r for r in json.loads(out.out)}                       # the notes go to stderr
+    assert "skipped (not listed in --boxes" in out.err
+    assert np.array(rows[str(image)]["people"]).shape == (2, 17, 3)          # the car box is not a person
+    assert rows[str(others[0])]["skipped"] == "no person box" and rows[str(others[1])]["skipped"] == "not listed"
+    assert sorted(p.name for p in (tmp_path / "pb").glob("*.png")) == [image.name]
+    (tmp_path / "bad.json").write_text('{"image": 1}')
+    assert main(["pose", "predict", str(run), str(image), "--boxes", str(tmp_path / "bad.json"),
+                 "-o", str(tmp_path / "pc")]) == 2
+    assert "expected the JSON that `vitlab detect predict --json` prints" in capsys.readouterr().err
 
 
 def test_backbone_weights_load_strictly(tmp_path):

@@ -93,6 +93,13 @@ def _model(args):
     return model
 
 
+def require_output_for_drawings(args) -> None:
+    """``eval --visualize N`` writes PNGs, so it needs ``--output``: refuse before the evaluation runs."""
+    if getattr(args, "visualize", 0) and not args.output:
+        from vitlab.errors import ConfigError
+        raise ConfigError("--visualize draws into a folder: give --output DIR as well")
+
+
 def evaluate(args) -> int:
     from vitlab.checkpoints.atomic import atomic_write_json, to_json
     from vitlab.detection.coco_eval import write_results_json
@@ -100,6 +107,7 @@ def evaluate(args) -> int:
     from vitlab.engine.run_folder import claim_run_folder
     from vitlab.engine.runtime import resolve_device
     from vitlab.tasks.detection import detection_sets, draw_predictions, evaluate_detection
+    require_output_for_drawings(args)
     model = _model(args)
     cfg = eval_config(args, "detection", "det", model)
     device = resolve_device(cfg["run"]["device"], DistInfo())
@@ -171,7 +179,8 @@ def predict(args) -> int:
             (images, metas), _, _ = collate_detection([t(img, empty)])
             pred = model.predict(images.to(device), metas)[0]
             draw_detections(out.path / f"{f.stem}.png", arr, pred, class_names=names, score_thr=args.score_thr,
-                            title=f"{getattr(model, 'model_name', args.model)}: {f.name}")
+                            title=f"{getattr(model, 'model_name', args.model)}: {f.name} "
+                                  f"(detections with score >= {args.score_thr:.2f})")
             keep = pred["scores"] >= args.score_thr
             rows.append({"image": str(f), "detections": [
                 {"label": names[int(c)] if int(c) < len(names) else int(c), "score": round(float(s), 4),

@@ -8,7 +8,7 @@ MODEL IMAGES...`` draws the skeletons, one person per image or per box of ``--bo
 from __future__ import annotations
 
 from .common import add_flags, run_config, set_threads, train_and_report
-from .detect import _image_files, _model, eval_config
+from .detect import _image_files, _model, eval_config, require_output_for_drawings
 from .train import add_run_flags
 
 COMMAND = "pose"
@@ -23,6 +23,7 @@ FLAGS = {
     "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every", "data_root": "pose.data_root",
     "visualize": "pose.visualize", "warmup_steps": "sched.warmup_steps", "bbox_file": "pose.bbox_file",
 }
+KPT_THR = 0.3      # joints drawn by `pose predict`
 SWITCHES = {"no_flip_test": ("pose.flip_test", False), "channels_last": ("model.channels_last", True),
             "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True)}
 
@@ -40,6 +41,7 @@ def add_arguments(parser) -> None:
     _model_args(e)
     e.add_argument("--limit", type=int, help="evaluate the first N people only")
     e.add_argument("--bbox-file", help="COCO detection results to evaluate on (default: ground-truth boxes)")
+    e.add_argument("--visualize", type=int, default=0, help="draw this many images into --output")
     p = sub.add_parser("predict", help="draw the predicted skeletons on images")
     _model_args(p)
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -66,7 +68,8 @@ def evaluate(args) -> int:
     from vitlab.engine.run_folder import claim_run_folder
     from vitlab.engine.runtime import resolve_device
     from vitlab.pose.evaluation import evaluate_keypoints, rescore_and_nms
-    from vitlab.tasks.pose import pose_sets, predict_keypoints
+    from vitlab.tasks.pose import draw_skeletons, pose_sets, predict_keypoints
+    require_output_for_drawings(args)
     model = _model(args)
     cfg = eval_config(args, "pose", "pose", model)
     if args.bbox_file:
@@ -83,22 +86,34 @@ def evaluate(args) -> int:
         with claim_run_folder(args.output, overwrite=args.overwrite, resumable=False) as folder:
             atomic_write_json(folder.path / "eval.json", res)
             write_results_json(folder.path / "results_keypoints.json", results)
+            if args.visualize:
+                draw_skeletons(val, results, folder.path / "predictions", args.visualize,
+                               getattr(model, "model_name", args.model))
     print(to_json(res, indent=2) if args.json else f"keypoints:\n{stats.summary}")
     return 0
 
 
-def _boxes(path, files) -> dict:
+def _boxes(path) -> dict:
     """image path -> person boxes [x1, y1, x2, y2, score] from ``detect predict --json`` output."""
     import json
     from pathlib import Path
+
+    from vitlab.errors import DataError
     if not path:
         return {}
-    rows = json.loads(Path(path).read_text())
-    return {r["image"]: [d["box"] + [d["score"]] for d in r["detections"] if d["label"] in ("person", 0)]
-            for r in rows}
+    try:
+        rows = json.loads(Path(path).read_text())
+        return {str(Path(r["image"]).resolve()): [d["box"] + [d["score"]] for d in r["detections"]
+                                                  if d["label"] in ("person", 0)] for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"--boxes {path}: expected the JSON that `vitlab detect predict --json` prints "
+                        f"([{{'image', 'detections': [{{'label', 'score', 'box'}}]}}]); {type(e).__name__}: {e}") from e
 
 
 def predict(args) -> int:
+    import sys
+    from pathlib import Path
+
     import numpy as np
     import torch
 
@@ -110,27 +125,37 @@ def predict(args) -> int:
     from vitlab.engine.runtime import resolve_device
     from vitlab.pose.data import crop_person
     model = _model(args)
+    boxes = _boxes(args.boxes)
     device = resolve_device(args.device or "auto", DistInfo())
     model.to(device).eval()
     files = _image_files(args.images)
-    boxes = _boxes(args.boxes, files)
     out = claim_run_folder(args.output or "pose-predictions", overwrite=args.overwrite, resumable=False)
     rows = []
     with out, torch.no_grad():
         for f in files:
             arr = load_image(str(f), "RGB")
             h, w = arr.shape[:2]
-            people = boxes.get(str(f)) or [[0.0, 0.0, float(w), float(h), 1.0]]
+            people = boxes.get(str(Path(f).resolve())) if args.boxes else [[0.0, 0.0, float(w), float(h), 1.0]]
+            if not people:
+                why = "no person box" if str(Path(f).resolve()) in boxes else "not listed"
+                print(f"{f}: skipped ({why} in --boxes {args.boxes})", file=sys.stderr)
+                rows.append({"image": str(f), "people": [], "skipped": why})
+                continue
             crops = [crop_person(arr, b[:4], model.input_size, score=b[4]) for b in people]
             images = torch.stack([c[0] for c in crops]).to(device)
             keypoints, _ = model.predict(images, [c[1] for c in crops])
-            draw_detections(out.path / f"{f.stem}.png", arr, {"keypoints": keypoints.numpy()},
-                            score_thr=0.0, title=f"{getattr(model, 'model_name', args.model)}: {f.name}")
+            shown = int((keypoints[..., 2] > KPT_THR).sum())
+            drawing = {"keypoints": keypoints.numpy(), "boxes": np.array([b[:4] for b in people], np.float32),
+                       "scores": np.array([b[4] for b in people], np.float32)}
+            draw_detections(out.path / f"{f.stem}.png", arr, drawing, class_names=["person"], score_thr=0.0,
+                            kpt_thr=KPT_THR, title=f"{getattr(model, 'model_name', args.model)}: {f.name} "
+                                                   f"({shown} joints with score > {KPT_THR})")
             rows.append({"image": str(f), "people": [np.round(k.numpy(), 2).tolist() for k in keypoints]})
     if args.json:
         print(to_json(rows, indent=1))
     else:
         for r in rows:
-            print(f"{r['image']}: {len(r['people'])} person(s)")
+            if "skipped" not in r:
+                print(f"{r['image']}: {len(r['people'])} person(s)")
         print(f"drawn into {out.path}/")
     return 0

@@ -75,6 +75,9 @@ def _kpt_color(j: int) -> tuple[int, int, int]:
     return _MIDDLE if j == 0 else (_LEFT if j % 2 == 1 else _RIGHT)
 
 
+KEYPOINT_LEGEND = [("nose", _MIDDLE), ("left joints", _LEFT), ("right joints", _RIGHT)]  # COCO order: odd = left
+
+
 def render_detections(image, boxes=None, labels=None, scores=None, masks=None, keypoints=None,
                       class_names=None, score_thr: float = 0.3, kpt_thr: float = 0.3, skeleton=COCO_SKELETON,
                       title: str = "", alpha: float = 0.45, legend: bool = True, header: bool = False) -> np.ndarray:
@@ -141,6 +144,8 @@ def render_detections(image, boxes=None, labels=None, scores=None, masks=None, k
                 x, y = float(kp[j, 0]), float(kp[j, 1])
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=_kpt_color(j), outline=(0, 0, 0))
     rows = _legend_rows(labels[keep], names, colors) if legend and (boxes is not None or masks is not None) else []
+    if legend and header and keypoints is not None:   # in the band only: on the image it would cover joints
+        rows += KEYPOINT_LEGEND
     if header:
         return stack_header(np.asarray(canvas), title, rows)
     if rows:
@@ -207,7 +212,11 @@ def render_comparison(image, truth: dict, prediction: dict, class_names=None, sc
     names = list(class_names) if class_names else [str(c) for c in range(max(k, 1))]
     colors = class_colors(max(k, 1))
     panels, present = [], []
-    predicted = f"prediction (score >= {score_thr:.2f})" if score_thr > 0 else "prediction"
+    with_keypoints = any(d.get("keypoints") is not None for d in (truth, prediction))
+    kpt_thr = kwargs.get("kpt_thr", 0.3)
+    shown = ([f"score >= {score_thr:.2f}"] if score_thr > 0 else []) + \
+        ([f"joints with score > {kpt_thr:.2f}"] if with_keypoints else [])
+    predicted = f"prediction ({', '.join(shown)})" if shown else "prediction"
     for caption, d, thr in (("ground truth", truth, 0.0), (predicted, prediction, score_thr)):
         d = {key: v for key, v in d.items() if key in ("boxes", "labels", "scores", "masks", "keypoints")}
         panel = render_detections(image, **d, class_names=names, score_thr=thr, legend=False, **kwargs)
@@ -219,6 +228,8 @@ def render_comparison(image, truth: dict, prediction: dict, class_names=None, sc
     labels = np.concatenate(present).astype(np.int64) if present else np.zeros(0, np.int64)
     rows = _legend_rows(labels, names, colors) if any(d.get("boxes") is not None or d.get("masks") is not None
                                                     for d in (truth, prediction)) else []
+    if with_keypoints:
+        rows += KEYPOINT_LEGEND
     return stack_header(np.concatenate([panels[0], gap, panels[1]], axis=1), title, rows)
 
 
