@@ -72,6 +72,7 @@ def test_pose_train_eval_predict(sets, tmp_path, capsys):
     assert main(["pose", "eval", str(run), "--visualize", "1"]) == 2                  # drawings need --output
     assert main(["pose", "eval", str(run), "--visualize", "1", "-o", str(tmp_path / "pe"), "--threads", "1"]) == 0
     assert len(list((tmp_path / "pe" / "predictions").glob("*.png"))) == 1
+    capsys.readouterr()
     image = next((keypoints / "images" / "val").glob("*.png"))
     assert main(["pose", "predict", str(run), str(image), "-o", str(tmp_path / "pp"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
