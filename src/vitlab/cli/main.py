@@ -35,6 +35,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("pretrain", "pretrain"),
     ("segment", "segment"),
     ("train", "train"),
+    ("weights", "weights"),
 )
 DEBUG_HELP = "show the full traceback instead of a one-line error"
 

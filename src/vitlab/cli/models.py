@@ -1,7 +1,8 @@
 """``vitlab models``: list registered model names with their parameter counts.
 
 Names, descriptions and parameter counts come from the static index ``vitlab/models/model_index.json``
-(:mod:`vitlab.models.index`), so listing needs neither torch nor a model build.
+(:mod:`vitlab.models.index`), so listing needs neither torch nor a model build. ``--zoo`` lists the official
+checkpoints instead (:mod:`vitlab.checkpoints.zoo`; ``vitlab weights`` downloads them).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ INDEX = Path(__file__).resolve().parent.parent / "models" / "model_index.json"
 def add_arguments(p):
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'volo*'")
     p.add_argument("--families", action="store_true", help="also list family names (official kwargs)")
+    p.add_argument("--zoo", action="store_true", help="list the official checkpoints instead (the pattern matches "
+                   "their names): model, input, crop, result, source; `vitlab weights` downloads them")
     add_flags(p, "json")
 
 
@@ -45,6 +48,8 @@ def list_rows(pattern: str = "*", families: bool = False) -> list[dict]:
 
 
 def run(args) -> int:
+    if args.zoo:
+        return run_zoo(args)
     rows = list_rows(args.pattern, args.families)
     if args.json:
         print(to_json(rows, indent=2))
@@ -57,4 +62,18 @@ def run(args) -> int:
     for r in rows:
         params = "family" if r["kind"] == "family" else f"{r['params_m']:.2f}M"
         print(f"{r['name']:<{width}}  {params:>9}  {r['description']}")
+    return 0
+
+
+def run_zoo(args) -> int:
+    """``vitlab models --zoo``: the model-zoo table (:mod:`vitlab.checkpoints.zoo`)."""
+    from vitlab.cli.weights import ZOO_COLUMNS, print_table, zoo_rows
+    rows = zoo_rows(args.pattern)
+    if args.json:
+        print(to_json(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no checkpoint matches {args.pattern!r}")
+        return 1
+    print_table(rows, ZOO_COLUMNS)
     return 0
