@@ -37,8 +37,8 @@ def test_family_accepts_official_kwargs_and_variant_overrides():
         assert vitlab.create_model("volo_d1_224").model_name == "volo_d1"
 
 
-def test_pretrained_true_refuses_to_download(tmp_path):
-    with pytest.raises(ValueError, match="loads local files only"):
+def test_pretrained_true_without_released_weights_says_so(tmp_path):
+    with pytest.raises(KeyError, match="no checkpoint 'volo_micro' in the model zoo"):
         vitlab.create_model("volo_micro", pretrained=True)
     src = vitlab.create_model("volo_micro", num_classes=3)
     torch.save(src.state_dict(), tmp_path / "w.pth")

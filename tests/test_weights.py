@@ -292,3 +292,24 @@ def test_listing_imports_no_torch(tmp_path):
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "VITLAB_HOME": str(tmp_path)})
         assert done.stderr.strip().endswith("False"), (argv, done.stderr)
+
+
+def test_create_model_pretrained_true_reads_the_cache_and_never_downloads(server, cache, monkeypatch, tmp_path):
+    """pretrained=True (or the weight's name) loads the verified cached file; absent, the error names the command."""
+    import torch
+
+    import vitlab
+    from vitlab.checkpoints.download import add_weights
+    from vitlab.errors import VitlabError
+    entry = add_entry(monkeypatch, server, "vit_micro.cached", path="/never-served.pth")
+    with pytest.raises(VitlabError, match=r"vitlab weights download vit_micro\.cached"):
+        vitlab.create_model("vit_micro", pretrained=True)
+    assert [r for r in server.requests if r[0] == "/never-served.pth"] == []   # nothing fetched at build time
+    source = vitlab.create_model("vit_micro")
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "hand.pth")
+    add_weights(entry, tmp_path / "hand.pth")
+    for pretrained in (True, "vit_micro.cached"):
+        model = vitlab.create_model("vit_micro", pretrained=pretrained)
+        assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(ValueError, match="are for vit_micro, not volo_micro"):
+        vitlab.create_model("volo_micro", pretrained="vit_micro.cached")

@@ -269,11 +269,33 @@ def _load_adapting_classifier(model: nn.Module, path):
     return report
 
 
+def _zoo_weights(model: str, pretrained) -> tuple[dict, str | None]:
+    """``pretrained=True`` or a weight name (``'volo_d1.in1k'``): the cached file and the overrides it needs.
+
+    Nothing is downloaded here: a file not in the cache raises an error naming the ``vitlab weights``
+    command and the URL that bring it (:func:`vitlab.checkpoints.download.cached_weights`).
+    """
+    import os
+    if pretrained is None or pretrained is False:
+        return {}, None
+    from vitlab.checkpoints.download import cached_weights
+    from vitlab.checkpoints.zoo import pretrained_entry, zoo_entry, zoo_names
+    named = isinstance(pretrained, str) and not os.path.exists(pretrained) and pretrained in zoo_names()
+    if pretrained is not True and not named:
+        return {}, pretrained                       # a local file or folder
+    weights = pretrained_entry(model) if pretrained is True else zoo_entry(pretrained)
+    if weights.model != model:
+        raise ValueError(f"the weights {weights.name} are for {weights.model}, not {model}")
+    return weights.model_kwargs, str(cached_weights(weights, download=False))
+
+
 def create_model(name: str, pretrained: str | None = None, *, features_only: bool = False, out_indices=None,
                  **kwargs) -> nn.Module:
     """Build a model by variant or family name, the way ``timm.create_model`` does.
 
-    ``pretrained`` is a local checkpoint path (file or model folder); vitlab never downloads.
+    ``pretrained`` is a local checkpoint path (file or model folder), ``True`` (the model's released
+    weights from the cache, ``vitlab weights download NAME`` puts them there) or a weight name of
+    ``vitlab models --zoo`` (``'volo_d1_384.in1k'``); nothing is downloaded here.
     Keyword arguments override the variant's architecture or are the family's constructor arguments.
     With ``num_classes=K`` given and a checkpoint whose classifier has another number of classes,
     the classifier stays freshly initialised and everything else loads strictly (one log line says
@@ -283,9 +305,9 @@ def create_model(name: str, pretrained: str | None = None, *, features_only: boo
     ``forward`` gives the feature maps at ``out_indices`` (default: all; an int n: the last n).
     """
     entry = get_entry(name)
-    if pretrained is True:
-        raise ValueError("pretrained=True would need a download; vitlab loads local files only: "
-                         "pass pretrained='path/to/checkpoint.pth' (or a model folder)")
+    zoo_kwargs, pretrained = _zoo_weights(entry.name, pretrained)
+    explicit_classes = "num_classes" in kwargs or features_only      # the user's own choice, not the zoo's
+    kwargs = {**zoo_kwargs, **kwargs}
     if out_indices is not None and not features_only:
         raise ValueError("out_indices selects feature maps of a features_only=True model; pass features_only=True "
                          "(or call model.forward_intermediates(x, indices))")
@@ -295,7 +317,6 @@ def create_model(name: str, pretrained: str | None = None, *, features_only: boo
         check_global_pool(entry.name, entry.family, pool)
     if pool is not None and entry.family == "vit" and pool in ("token", "avg"):
         build_kwargs["global_pool"] = pool          # ViT takes these in its constructor
-    explicit_classes = "num_classes" in kwargs or features_only
     if features_only:
         if entry.family not in (*_TOKEN_POOLS, *_MAP_POOLS):
             raise ValueError(f"{entry.name}: features_only is offered for the classification families "
