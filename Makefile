@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	# animal-mnist only ships the data arrays; its declared TensorFlow dependency is not needed.
 	$(PIP) install -q --no-deps animal-mnist==0.4
 	$(PIP) install -q -e ".[test]"
+	# timm, the peer the tests compare against: without its torchvision dependency (the tests put a stand-in
+	# torchvision from ../shared on the path); huggingface_hub is the one import timm needs besides torch.
+	$(PIP) install -q huggingface_hub
+	$(PIP) install -q --no-deps timm==1.0.31
 	touch $(STAMP)
 
 venv: $(STAMP)

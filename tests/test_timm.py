@@ -1,6 +1,7 @@
 """timm interop: vitlab variants registered in timm's registry as ``vitlab_<name>``."""
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,13 @@ def test_register_without_timm_says_what_is_missing(monkeypatch):
 
 
 # --- with the real timm (it needs torchvision; skipped where that cannot import) ---------------
+TORCHVISION_STUB = Path(__file__).resolve().parents[2] / "shared" / "torchvision_stub"
+
+
 def _real_timm():
+    """timm itself, with the stand-in torchvision beside the repository (vitlab never imports torchvision)."""
+    if TORCHVISION_STUB.is_dir() and str(TORCHVISION_STUB) not in sys.path:
+        sys.path.append(str(TORCHVISION_STUB))      # appended: a real torchvision, if any, still wins
     try:
         import timm
     except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to load
