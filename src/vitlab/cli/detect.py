@@ -7,23 +7,16 @@ COCOeval; ``detect predict MODEL IMAGES...`` draws boxes, masks and class names 
 from __future__ import annotations
 
 from .common import add_flags, run_config, set_threads, train_and_report
-from .train import add_run_flags
+from .train import RUN_FLAGS, RUN_SWITCHES, add_run_flags
 
 COMMAND = "detect"
 HELP = "object detection / instance segmentation: train, evaluate (COCO AP), predict (drawn images)"
 
 FLAGS = {
-    "model": "model.name", "data": "data.name", "output": "run.output", "epochs": "sched.epochs",
-    "steps": "sched.steps", "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad", "seed": "run.seed", "device": "run.device",
-    "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads", "progress": "run.progress",
-    "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every", "log_every": "run.log_every",
-    "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every", "img_size": "det.test_scale",
-    "train_scales": "det.train_scales", "max_size": "det.max_size", "data_root": "det.data_root",
-    "visualize": "det.visualize", "warmup_steps": "sched.warmup_steps",
+    **RUN_FLAGS, "img_size": "det.test_scale", "train_scales": "det.train_scales", "max_size": "det.max_size",
+    "data_root": "det.data_root", "visualize": "det.visualize", "warmup_steps": "sched.warmup_steps",
 }
-SWITCHES = {"no_masks": ("det.with_masks", False), "channels_last": ("model.channels_last", True),
-            "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True)}
+SWITCHES = {**RUN_SWITCHES, "no_masks": ("det.with_masks", False)}
 
 
 def add_arguments(parser) -> None:

@@ -9,23 +9,17 @@ from __future__ import annotations
 
 from .common import add_flags, run_config, set_threads, train_and_report
 from .detect import _image_files, _model, eval_config, require_output_for_drawings
-from .train import add_run_flags
+from .train import RUN_FLAGS, RUN_SWITCHES, add_run_flags
 
 COMMAND = "pose"
 HELP = "top-down pose estimation: train, evaluate (OKS AP), predict (drawn skeletons)"
 
 FLAGS = {
-    "model": "model.name", "data": "data.name", "output": "run.output", "epochs": "sched.epochs",
-    "steps": "sched.steps", "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad", "seed": "run.seed", "device": "run.device",
-    "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads", "progress": "run.progress",
-    "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every", "log_every": "run.log_every",
-    "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every", "data_root": "pose.data_root",
-    "visualize": "pose.visualize", "warmup_steps": "sched.warmup_steps", "bbox_file": "pose.bbox_file",
+    **RUN_FLAGS, "data_root": "pose.data_root", "visualize": "pose.visualize", "warmup_steps": "sched.warmup_steps",
+    "bbox_file": "pose.bbox_file",
 }
+SWITCHES = {**RUN_SWITCHES, "no_flip_test": ("pose.flip_test", False)}
 KPT_THR = 0.3      # joints drawn by `pose predict`
-SWITCHES = {"no_flip_test": ("pose.flip_test", False), "channels_last": ("model.channels_last", True),
-            "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True)}
 
 
 def add_arguments(parser) -> None:

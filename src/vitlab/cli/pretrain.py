@@ -4,17 +4,13 @@ sets); flags given on the command line always win over the preset and the recipe
 from __future__ import annotations
 
 from .common import add_flags, pair, run_config, set_threads, train_and_report
-from .train import FLAGS as TRAIN_FLAGS
-from .train import add_run_flags
+from .train import RUN_FLAGS, RUN_SWITCHES, add_run_flags
 
 COMMAND = "pretrain"
 HELP = "self-supervised EsViT/DINO pretraining of a multi-stage backbone (no labels needed)"
 
 FLAGS = {
-    **{k: v for k, v in TRAIN_FLAGS.items() if k in ("model", "data", "epochs", "steps", "max_steps", "batch_size", "lr",
-                                                     "weight_decay", "output", "seed", "device", "amp", "workers",
-                                                     "accum_steps", "clip_grad", "threads", "progress", "pretrained",
-                                                     "checkpoint_every", "log_every", "eval_every")},
+    **RUN_FLAGS,
     "img_size": "esvit.global_size", "global_size": "esvit.global_size", "local_size": "esvit.local_size",
     "n_local": "esvit.n_local", "global_scale": "esvit.global_scale", "local_scale": "esvit.local_scale",
     "loss": "esvit.loss", "out_dim": "esvit.out_dim", "head_hidden_dim": "esvit.head_hidden_dim",
@@ -26,9 +22,8 @@ FLAGS = {
     "weight_decay_end": "sched.weight_decay_end", "drop_path_rate": "model.drop_path", "knn_every": "run.eval_every",
     "held_out": "data.options.held_out", "save_every": "run.keep_every",
 }
-SWITCHES = {"use_bn_in_head": ("esvit.use_bn_in_head", True), "no_norm_last_layer": ("esvit.norm_last_layer", False),
-            "no_figures": ("esvit.figures", False), "channels_last": ("model.channels_last", True),
-            "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True)}
+SWITCHES = {**RUN_SWITCHES, "use_bn_in_head": ("esvit.use_bn_in_head", True),
+            "no_norm_last_layer": ("esvit.norm_last_layer", False), "no_figures": ("esvit.figures", False)}
 
 
 def add_arguments(p) -> None:

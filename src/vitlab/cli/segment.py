@@ -9,25 +9,18 @@ from __future__ import annotations
 import argparse
 
 from .common import add_flags, run_config, set_threads, train_and_report
-from .train import add_run_flags
+from .train import RUN_FLAGS, RUN_SWITCHES, add_run_flags
 
 COMMAND = "segment"
 HELP = "semantic segmentation: train / evaluate (mIoU) / write the built-in texture-scenes set"
 
 FLAGS = {
-    "model": "model.name", "data": "data.name", "output": "run.output", "steps": "sched.steps", "epochs": "sched.epochs",
-    "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
-    "head_lr_mult": "optim.lr_mult.decode_head", "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad",
-    "warmup_steps": "sched.warmup_steps", "eval_interval": "run.eval_every_steps", "seed": "run.seed",
-    "device": "run.device", "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads",
-    "progress": "run.progress", "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every",
-    "log_every": "run.log_every", "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every",
-    "overlays": "seg.overlays", "backbone_weights": "seg.backbone_weights", "data_root": "seg.data_root",
-    "num_classes": "seg.num_classes", "reduce_zero_label": "seg.reduce_zero_label", "mode": "seg.mode",
-    "crop_size": "seg.crop_size", "stride": "seg.stride",
+    **RUN_FLAGS, "head_lr_mult": "optim.lr_mult.decode_head", "warmup_steps": "sched.warmup_steps",
+    "eval_interval": "run.eval_every_steps", "overlays": "seg.overlays", "backbone_weights": "seg.backbone_weights",
+    "data_root": "seg.data_root", "num_classes": "seg.num_classes", "reduce_zero_label": "seg.reduce_zero_label",
+    "mode": "seg.mode", "crop_size": "seg.crop_size", "stride": "seg.stride",
 }
-SWITCHES = {"channels_last": ("model.channels_last", True), "compile": ("model.compile", True),
-            "grad_checkpointing": ("model.grad_checkpointing", True)}
+SWITCHES = dict(RUN_SWITCHES)
 
 
 def _data_args(p, with_data: bool = True) -> None:

@@ -11,21 +11,23 @@ from .common import add_flags, run_config, set_threads, train_and_report
 COMMAND = "train"
 HELP = "train a model: classification, video, segmentation or pretraining (YAML recipe + flags; torchrun for DDP)"
 
-# flag destination -> config key
-FLAGS = {
-    "model": "model.name", "data": "data.name", "epochs": "sched.epochs", "batch_size": "data.batch_size",
-    "lr": "optim.lr", "weight_decay": "optim.weight_decay", "img_size": "data.img_size", "output": "run.output",
-    "seed": "run.seed", "device": "run.device", "amp": "amp.dtype", "workers": "data.workers",
-    "accum_steps": "optim.accum_steps", "clip_grad": "optim.clip_grad", "layer_decay": "optim.layer_decay",
-    "drop_path": "model.drop_path", "mixup": "aug.mixup", "cutmix": "aug.cutmix", "smoothing": "aug.smoothing",
-    "aa": "aug.auto_augment", "reprob": "aug.reprob", "max_steps": "sched.max_steps", "steps": "sched.steps",
-    "threads": "run.threads", "progress": "run.progress", "pretrained": "model.pretrained",
-    "checkpoint_every": "run.checkpoint_every", "log_every": "run.log_every", "warmup_epochs": "sched.warmup_epochs",
-    "eval_every": "run.eval_every",
+# flag destination -> config key, for the flags of add_run_flags (every training command has them)
+RUN_FLAGS = {
+    "model": "model.name", "data": "data.name", "output": "run.output", "epochs": "sched.epochs",
+    "steps": "sched.steps", "max_steps": "sched.max_steps", "batch_size": "data.batch_size", "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay", "clip_grad": "optim.clip_grad", "seed": "run.seed", "device": "run.device",
+    "amp": "amp.dtype", "workers": "data.workers", "threads": "run.threads", "progress": "run.progress",
+    "pretrained": "model.pretrained", "checkpoint_every": "run.checkpoint_every", "log_every": "run.log_every",
+    "accum_steps": "optim.accum_steps", "eval_every": "run.eval_every",
 }
-SWITCHES = {"ema": ("ema.enabled", True), "channels_last": ("model.channels_last", True),
-            "compile": ("model.compile", True), "grad_checkpointing": ("model.grad_checkpointing", True),
-            "mix_token": ("aug.mix_token", True)}
+RUN_SWITCHES = {"channels_last": ("model.channels_last", True), "compile": ("model.compile", True),
+                "grad_checkpointing": ("model.grad_checkpointing", True)}
+FLAGS = {
+    **RUN_FLAGS, "img_size": "data.img_size", "layer_decay": "optim.layer_decay", "drop_path": "model.drop_path",
+    "mixup": "aug.mixup", "cutmix": "aug.cutmix", "smoothing": "aug.smoothing", "aa": "aug.auto_augment",
+    "reprob": "aug.reprob", "warmup_epochs": "sched.warmup_epochs",
+}
+SWITCHES = {**RUN_SWITCHES, "ema": ("ema.enabled", True), "mix_token": ("aug.mix_token", True)}
 
 
 def add_run_flags(p, *, model_default_help: str = "") -> None:

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .folder import Skipped
+from .folder import split_skipped
 
 MMDET_MEAN = (123.675, 116.28, 103.53)
 MMDET_STD = (58.395, 57.12, 57.375)
@@ -245,14 +245,7 @@ def collate_detection(batch, size_divisor: int = 32):
     ``batch_input_shape`` ``(Hp, Wp)``. ``None`` and :class:`~vitlab.data.folder.Skipped` samples are
     dropped and named in ``skipped``; inputs and targets are None when nothing is left.
     """
-    kept, skipped = [], []
-    for b in batch:
-        if b is None:
-            skipped.append("unreadable sample")
-        elif isinstance(b, Skipped):
-            skipped.append(str(b))
-        else:
-            kept.append(b)
+    kept, skipped = split_skipped(batch)
     if not kept:
         return None, None, skipped
 

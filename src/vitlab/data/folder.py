@@ -221,14 +221,9 @@ class UnlabelledImageFolder(SeededDataset):
         return _load_sample(self.files[idx], -1, self.mode, self.transform, generator)
 
 
-def collate_skipping(batch):
-    """Collate ``(input, target)`` samples, dropping unreadable ones: -> (inputs, targets, skipped).
-
-    ``skipped`` lists ``"path: reason"`` for every :class:`Skipped` sample and ``"unreadable
-    sample"`` for every ``None`` (datasets that do not name their files); inputs and targets are
-    None when nothing is left. Inputs may be nested (e.g. a list of crops); they are collated
-    with ``torch.utils.data.default_collate``.
-    """
+def split_skipped(batch) -> tuple[list, list[str]]:
+    """``(kept samples, skipped descriptions)``: :class:`Skipped` ones as ``"path: reason"``, ``None`` ones
+    as ``"unreadable sample"`` (datasets that do not name their files)."""
     kept, skipped = [], []
     for b in batch:
         if b is None:
@@ -237,6 +232,18 @@ def collate_skipping(batch):
             skipped.append(str(b))
         else:
             kept.append(b)
+    return kept, skipped
+
+
+def collate_skipping(batch):
+    """Collate ``(input, target)`` samples, dropping unreadable ones: -> (inputs, targets, skipped).
+
+    ``skipped`` lists ``"path: reason"`` for every :class:`Skipped` sample and ``"unreadable
+    sample"`` for every ``None`` (datasets that do not name their files); inputs and targets are
+    None when nothing is left. Inputs may be nested (e.g. a list of crops); they are collated
+    with ``torch.utils.data.default_collate``.
+    """
+    kept, skipped = split_skipped(batch)
     if not kept:
         return None, None, skipped
     collated = default_collate(kept)

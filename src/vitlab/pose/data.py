@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from vitlab.data.datasets import SeededDataset
-from vitlab.data.folder import Skipped
+from vitlab.data.folder import Skipped, split_skipped
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.pose.targets import (COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS, PIXEL_STD, affine_matrix, apply_affine,
                                  box_to_center_scale, fliplr_joints, gaussian_targets)
@@ -265,14 +265,7 @@ def crop_person(image, box_xyxy, input_size=(192, 256), score: float = 1.0, mean
 
 def collate_topdown(batch):
     """Samples -> ``((images, metas), (targets, weights), skipped)``; ``(None, None, skipped)`` if none is left."""
-    kept, skipped = [], []
-    for b in batch:
-        if b is None:
-            skipped.append("unreadable sample")
-        elif isinstance(b, Skipped):
-            skipped.append(str(b))
-        else:
-            kept.append(b)
+    kept, skipped = split_skipped(batch)
     if not kept:
         return None, None, skipped
     images, targets = default_collate([(b[0], b[1]) for b in kept])
