@@ -30,23 +30,15 @@ from vitlab.pose.decode import flip_back, heatmap_argmax, keypoints_from_heatmap
 from vitlab.pose.targets import COCO_FLIP_PAIRS
 
 # name -> backbone family, its kwargs, and the data settings of the official config
+_SMALL = dict(backbone="uniformer_dense", backbone_kwargs=dict(layers=[3, 4, 8, 3], embed_dim=[64, 128, 320, 512],
+                                                               head_dim=64, drop_path_rate=0.2))
+_BASE = dict(backbone="uniformer_dense", backbone_kwargs=dict(layers=[5, 8, 20, 7], embed_dim=[64, 128, 320, 512],
+                                                              head_dim=64, drop_path_rate=0.4))
 UNIFORMER_POSE_CONFIGS = {
-    "uniformer_small_pose_256x192": dict(
-        backbone="uniformer_dense", backbone_kwargs=dict(layers=[3, 4, 8, 3], embed_dim=[64, 128, 320, 512],
-                                                         head_dim=64, drop_path_rate=0.2),
-        input_size=(192, 256), heatmap_size=(48, 64), sigma=2),
-    "uniformer_small_pose_384x288": dict(
-        backbone="uniformer_dense", backbone_kwargs=dict(layers=[3, 4, 8, 3], embed_dim=[64, 128, 320, 512],
-                                                         head_dim=64, drop_path_rate=0.2),
-        input_size=(288, 384), heatmap_size=(72, 96), sigma=3),
-    "uniformer_small_pose_448x320": dict(
-        backbone="uniformer_dense", backbone_kwargs=dict(layers=[3, 4, 8, 3], embed_dim=[64, 128, 320, 512],
-                                                         head_dim=64, drop_path_rate=0.2),
-        input_size=(320, 448), heatmap_size=(80, 112), sigma=3),
-    "uniformer_base_pose_256x192": dict(
-        backbone="uniformer_dense", backbone_kwargs=dict(layers=[5, 8, 20, 7], embed_dim=[64, 128, 320, 512],
-                                                         head_dim=64, drop_path_rate=0.4),
-        input_size=(192, 256), heatmap_size=(48, 64), sigma=2),
+    "uniformer_small_pose_256x192": dict(**_SMALL, input_size=(192, 256), heatmap_size=(48, 64), sigma=2),
+    "uniformer_small_pose_384x288": dict(**_SMALL, input_size=(288, 384), heatmap_size=(72, 96), sigma=3),
+    "uniformer_small_pose_448x320": dict(**_SMALL, input_size=(320, 448), heatmap_size=(80, 112), sigma=3),
+    "uniformer_base_pose_256x192": dict(**_BASE, input_size=(192, 256), heatmap_size=(48, 64), sigma=2),
 }
 
 
