@@ -14,10 +14,18 @@
   :func:`multi_view_predict` averages the views' softmax scores.
 
 ``--data video-folder:PATH`` reads ``PATH/train/<class>/*.mp4`` and ``PATH/val/<class>/*`` (or a
-seeded split of ``PATH/<class>/*``); ``--task video`` trains on it (:mod:`vitlab.tasks.video`).
+seeded split of ``PATH/<class>/*``); ``--task video`` trains on it (:mod:`vitlab.tasks.video`). A
+``PATH/dataset.json`` (:mod:`vitlab.data.dataset_meta`) may give the class order (``class_order`` or
+``classes``: label i = the i-th name, so the indices match a released checkpoint; every class folder
+must be in it) or name a list layout (``kinetics``, ``video-list``, ``ssv2``, ``frame-list``), which is
+then read by :mod:`vitlab.data.video_lists`.
+
+A video that is missing or cannot be decoded comes back as a :class:`~vitlab.data.folder.Skipped`
+(the file and why, one line); the loaders drop it and the run names it, as for image folders.
 """
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import SeededDataset
+from .folder import Skipped
 from .registry import DataRequest, DatasetBundle
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -158,35 +167,84 @@ class ClipTransform:
         return torch.stack(views)  # (num_crops, C, T, s, s)
 
 
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What a missing, truncated or foreign file raises while it is decoded (PyAV's own base class included)."""
+    try:
+        import av
+        return (ValueError, OSError, av.error.FFmpegError)
+    except ImportError:
+        return (ValueError, OSError)
+
+
 class VideoClipDataset(SeededDataset):
-    """Videos + labels -> clips. Training: one random clip; testing: ``num_clips`` x crops views (V, C, T, H, W)."""
+    """Videos + labels -> clips. Training: one random clip; testing: ``num_clips`` x crops views (V, C, T, H, W).
+
+    ``files[i]`` is a path, or a tuple of candidate paths (the first that exists is used: list layouts
+    whose file names vary between downloads); ``sources[i]`` says where the entry came from (e.g.
+    ``"train.csv line 12"``) in the message of a missing file. A video that is missing or does not
+    decode is returned as a :class:`~vitlab.data.folder.Skipped`.
+    """
 
     def __init__(self, files: list, labels: list[int], transform: ClipTransform, num_frames: int = 8,
-                 stride: int = 4, sampling: str = "dense", num_clips: int = 1, frame_counts: list[int] | None = None):
+                 stride: int = 4, sampling: str = "dense", num_clips: int = 1, frame_counts: list[int] | None = None,
+                 sources: list[str] | None = None):
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} videos but {len(labels)} labels")
         sample_indices(sampling, 1, 1, 1)  # validates ``sampling``
-        self.files, self.labels, self.transform = [str(f) for f in files], list(labels), transform
+        self.files = [tuple(str(c) for c in f) if isinstance(f, (tuple, list)) else str(f) for f in files]
+        self.labels, self.transform = list(labels), transform
         self.num_frames, self.stride, self.sampling, self.num_clips = num_frames, stride, sampling, num_clips
         self._counts = list(frame_counts) if frame_counts is not None else [None] * len(files)
+        self.sources = list(sources) if sources is not None else None
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _count(self, idx: int) -> int:
+    def name(self, idx: int) -> str:
+        """The (first candidate) path of sample ``idx``, for messages."""
+        f = self.files[idx]
+        return f[0] if isinstance(f, tuple) else f
+
+    def path(self, idx: int) -> str:
+        """The file of sample ``idx``; FileNotFoundError (one line, with the entry's source) when absent."""
+        f = self.files[idx]
+        for candidate in (f if isinstance(f, tuple) else (f,)):
+            if os.path.isfile(candidate):
+                if isinstance(f, tuple):
+                    self.files[idx] = candidate  # resolved once
+                return candidate
+        where = f" ({self.sources[idx]})" if self.sources else ""
+        tried = ""
+        if isinstance(f, tuple) and len(f) > 1:
+            tried = f"; also tried {', '.join(f[1:4])}{' ...' if len(f) > 4 else ''}"
+        raise FileNotFoundError(f"video not found{where}{tried}")
+
+    def frame_count(self, idx: int) -> int:
         if self._counts[idx] is None:
-            self._counts[idx] = video_frame_count(self.files[idx])
+            self._counts[idx] = video_frame_count(self.path(idx))
         return self._counts[idx]
 
+    def read_frames(self, idx: int, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) frames ``indices`` of sample ``idx``."""
+        return read_video_frames(self.path(idx), indices)
+
     def load(self, idx: int, generator: torch.Generator | None):
-        n = self._count(idx)
+        try:
+            return self._load(idx, generator)
+        except FileNotFoundError as e:
+            return Skipped(self.name(idx), str(e))
+        except _decode_errors() as e:  # undecodable
+            return Skipped(self.name(idx), f"{type(e).__name__}: {e}")
+
+    def _load(self, idx: int, generator: torch.Generator | None):
+        n = self.frame_count(idx)
         if self.transform.train:
             ids = sample_indices(self.sampling, n, self.num_frames, self.stride, None, 1, generator)
-            return self.transform(read_video_frames(self.files[idx], ids), generator), self.labels[idx]
+            return self.transform(self.read_frames(idx, ids), generator), self.labels[idx]
         clips = [sample_indices(self.sampling, n, self.num_frames, self.stride, c, self.num_clips)
                  for c in range(self.num_clips)]
         everything = torch.unique(torch.cat(clips))
-        frames = read_video_frames(self.files[idx], everything)
+        frames = self.read_frames(idx, everything)
         lookup = {int(f): i for i, f in enumerate(everything)}
         views = [self.transform(frames[[lookup[int(f)] for f in ids]]) for ids in clips]
         views = torch.cat(views)  # (clips * crops, C, T, H, W)
@@ -203,16 +261,26 @@ def multi_view_predict(model, x: torch.Tensor) -> torch.Tensor:
     return probs.clamp_min(1e-12).log()
 
 
-def scan_video_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+def scan_video_folder(root: Path, class_order=None) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of ``root/<class>/*``; classes sorted, or in ``class_order``'s order.
+
+    ``class_order`` (a :class:`vitlab.data.video_lists.ClassOrder`) numbers the classes as a checkpoint
+    does: every class folder must be in it, and the class names are all of its names.
+    """
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
         raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<video>.mp4)")
+    if class_order is None:
+        classes, index = folders, {name: i for i, name in enumerate(folders)}
+    else:
+        classes = list(class_order.names)
+        index = {name: class_order.index(name, f"class folder {root / name}") for name in folders}
     files, labels = [], []
-    for label, name in enumerate(classes):
+    for name in folders:
         for f in sorted((root / name).rglob("*")):
             if f.suffix.lower() in VIDEO_EXTENSIONS:
                 files.append(f)
-                labels.append(label)
+                labels.append(index[name])
     if not files:
         raise ValueError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) found under {root}")
     return files, labels, classes
@@ -228,22 +296,31 @@ def video_options(req: DataRequest) -> dict:
 
 
 def build_clip_datasets(req: DataRequest, train_split, val_split, class_names, counts=(None, None),
-                        mean=KINETICS_MEAN, std=KINETICS_STD) -> DatasetBundle:
-    """Wrap (files, labels) splits into training / multi-view testing datasets."""
+                        mean=KINETICS_MEAN, std=KINETICS_STD, dataset_class=None, **extra) -> DatasetBundle:
+    """Wrap (files, labels[, sources]) splits into training / multi-view testing datasets.
+
+    ``dataset_class`` (default :class:`VideoClipDataset`) is built with ``extra`` keyword arguments.
+    """
     o = video_options(req)
     size = req.input_size[-1]
-    common = dict(num_frames=o["num_frames"], stride=o["stride"], sampling=o["sampling"])
+    common = dict(num_frames=o["num_frames"], stride=o["stride"], sampling=o["sampling"], **extra)
+    cls = dataset_class or VideoClipDataset
     train = val = None
     if "train" in req.splits and train_split is not None:
         t = ClipTransform(size, True, mean, std, hflip=o["hflip"])
-        train = VideoClipDataset(*train_split, t, frame_counts=counts[0], **common)
+        train = cls(*train_split[:2], t, frame_counts=counts[0], sources=_sources(train_split), **common)
     if "val" in req.splits and val_split is not None:
         t = ClipTransform(size, False, mean, std, num_crops=o["test_crops"])
-        val = VideoClipDataset(*val_split, t, num_clips=o["test_clips"], frame_counts=counts[1], **common)
+        val = cls(*val_split[:2], t, num_clips=o["test_clips"], frame_counts=counts[1], sources=_sources(val_split),
+                  **common)
     return DatasetBundle(train=train, val=val, class_names=list(class_names), input_kind="video",
                          in_chans=3, mean=tuple(mean), std=tuple(std), predict=multi_view_predict,
                          info={"views": o["test_clips"] * o["test_crops"], "num_frames": o["num_frames"],
                                "sampling": o["sampling"]})
+
+
+def _sources(split) -> list[str] | None:
+    return list(split[2]) if len(split) > 2 and split[2] is not None else None
 
 
 def build_video_folder(req: DataRequest) -> DatasetBundle:
@@ -252,13 +329,27 @@ def build_video_folder(req: DataRequest) -> DatasetBundle:
     root = Path(req.root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder {root} does not exist")
+    from . import video_lists
+    from .dataset_meta import read_dataset_json
+    meta = read_dataset_json(root)
+    layout = meta.get("layout", "video-folder")
+    if layout != "video-folder":
+        return video_lists.build_layout(req, layout)
+    order = video_lists.resolve_class_order(req, root, meta)
+    bundle = _folder_splits(req, root, order)
+    if order is not None:
+        bundle.info["class_order"] = order.describe()
+    return bundle
+
+
+def _folder_splits(req: DataRequest, root: Path, order) -> DatasetBundle:
     if (root / "train").is_dir() and (root / "val").is_dir():
-        tr_files, tr_labels, classes = scan_video_folder(root / "train")
-        va_files, va_labels, va_classes = scan_video_folder(root / "val")
+        tr_files, tr_labels, classes = scan_video_folder(root / "train", order)
+        va_files, va_labels, va_classes = scan_video_folder(root / "val", order)
         if va_classes != classes:
             raise ValueError(f"{root}/val has classes {va_classes} but {root}/train has {classes}")
         return build_clip_datasets(req, (tr_files, tr_labels), (va_files, va_labels), classes)
-    files, labels, classes = scan_video_folder(root)
+    files, labels, classes = scan_video_folder(root, order)
     frac = video_options(req)["val_fraction"]
     # a stable split: by a hash of the file name, independent of the listing order
     is_val = [zlib.crc32(f"{req.seed}/{f.name}".encode()) % 1000 < frac * 1000 for f in files]
