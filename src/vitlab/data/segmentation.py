@@ -10,13 +10,18 @@ Layout::
 label c becomes c - 1. Bad files raise errors naming them: a missing label file, an image/label
 size mismatch, a label value outside ``[0, num_classes)`` other than the ignore index.
 
+Other benchmark layouts (COCO-Stuff-10K, PASCAL-Context 59/60, ADE20K with its class names) are
+described in :mod:`vitlab.data.seg_layouts`; ``layout=`` or ``"layout"`` in ``root/dataset.json`` picks
+one. ``dataset.json`` (checked by :mod:`vitlab.data.dataset_meta`) may also give ``classes``,
+``palette``, ``reduce_zero_label`` and ``ignore_index``; arguments passed here win over it, and it
+wins over the layout's defaults.
+
 Training augmentation follows mmseg's pipeline: random rescale (ratio range around a base
 scale), random crop (with an optional cap on the share of one class), horizontal flip,
 photometric distortion, normalisation, padding to the crop size with the ignore label.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import DataError
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 
+from .dataset_meta import read_dataset_json
 from .datasets import SeededDataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {"train": "training", "val": "validation", "test": "validation"}
 
 
-class SegmentationDataError(ValueError):
+class SegmentationDataError(DataError):
     """A segmentation file is missing or malformed; the message names the file."""
 
 
@@ -113,48 +120,53 @@ def photometric_distortion(img: torch.Tensor, rng: random.Random) -> torch.Tenso
 
 
 class SegmentationFolder(SeededDataset):
-    """ADE20K-layout folder. Items are ``(image (3, H, W) float normalised, label (H, W) int64)``.
+    """A segmentation folder. Items are ``(image (3, H, W) float normalised, label (H, W) int64)``.
 
     ``augment`` (a :class:`SegAugment`) makes it a training set: crops are padded to the crop size
     with the ignore label, and the augmentation of an ``(index, seed)`` key follows that seed (the
     seeded-sample protocol of :class:`~vitlab.data.datasets.SeededDataset`: the same crops whatever
-    the number of workers, exact resume). ``num_classes`` (or ``dataset.json``'s ``classes``)
-    enables label checks; ``dataset.json`` may also say ``reduce_zero_label``.
+    the number of workers, exact resume). ``num_classes`` (or the classes of ``dataset.json`` or of the
+    layout) enables label checks. ``reduce_zero_label`` / ``ignore_index`` / ``layout`` None: from
+    ``dataset.json``, else the layout's default, else False / 255 / the ADE20K-style folder.
+    ``meta`` is the effective metadata (layout defaults, then ``dataset.json``); ``palette`` its colours.
     """
 
-    def __init__(self, root, split: str = "training", num_classes: int | None = None, reduce_zero_label: bool = False,
-                 augment: SegAugment | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 ignore_index: int = 255, class_names: list[str] | None = None):
+    def __init__(self, root, split: str = "training", num_classes: int | None = None,
+                 reduce_zero_label: bool | None = None, augment: SegAugment | None = None, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, ignore_index: int | None = None, class_names: list[str] | None = None,
+                 layout: str | None = None, palette=None):
+        from .seg_layouts import find_pairs, layout_meta
         self.root = Path(root)
-        meta_file = self.root / "dataset.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        self.meta = meta
-        self.class_names = list(class_names or meta.get("classes") or [])
+        meta = read_dataset_json(self.root)
+        self.layout = layout or meta.get("layout")
+        self.meta = layout_meta(self.layout, meta)
+        self.class_names = list(class_names or self.meta.get("classes") or [])
         self.num_classes = num_classes or len(self.class_names) or None
         if self.class_names and self.num_classes != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
         if not self.class_names and self.num_classes:
             self.class_names = [str(i) for i in range(self.num_classes)]
-        self.reduce_zero_label, self.ignore_index = reduce_zero_label, ignore_index
+        self.palette = palette or self.meta.get("palette")
+        if reduce_zero_label is None:
+            reduce_zero_label = bool(self.meta.get("reduce_zero_label", False))
+        self.reduce_zero_label = reduce_zero_label
+        self.ignore_index = int(self.meta.get("ignore_index", 255) if ignore_index is None else ignore_index)
         self.augment = augment
         self.mean = torch.tensor(mean).view(3, 1, 1) * 255
         self.std = torch.tensor(std).view(3, 1, 1) * 255
-        img_dir, ann_dir = _split_dir(self.root, "images", split), _split_dir(self.root, "annotations", split)
-        self.images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
-        self.labels = [ann_dir / (p.stem + ".png") for p in self.images]
-        missing = [str(p) for p in self.labels if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} label file(s) missing, e.g. {missing[0]} (for image "
-                                    f"{self.images[self.labels.index(Path(missing[0]))]})")
+        self.images, self.labels = find_pairs(self.layout, self.root, split)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (3, H, W) float image in [0, 255] and checked (H, W) int64 label (zero label reduced)."""
-        img, label = read_image(self.images[index]), read_label(self.labels[index])
+        img = read_image(self.images[index])
+        if self.labels[index].suffix.lower() == ".mat":
+            from .seg_layouts import read_coco_stuff_mat
+            label = read_coco_stuff_mat(self.labels[index])
+        else:
+            label = read_label(self.labels[index])
         if img.shape[:2] != label.shape:
             raise SegmentationDataError(f"{self.labels[index]}: label size {label.shape[1]}x{label.shape[0]} differs "
                                         f"from image {self.images[index].name} size {img.shape[1]}x{img.shape[0]}")
