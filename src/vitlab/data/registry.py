@@ -47,6 +47,25 @@ BUILTIN_DATASETS: dict[str, tuple[str, str, str, str]] = {
                      "test_clips, test_crops, hflip"),
     "synthetic-video": ("vitlab.data.synthetic_video", "build_synthetic_video_dataset", "video",
                         "built-in synthetic videos (6 motion classes, 64 px, 16 frames), generated once into a cache"),
+    "kinetics400": ("vitlab.data.video_lists", "build_kinetics400", "video",
+                    "Kinetics-400: PATH/{train,val}.csv ('path label' lines or the official youtube_id CSV); "
+                    "class order of UniFormer's weights unless class_order says otherwise"),
+    "kinetics600": ("vitlab.data.video_lists", "build_kinetics600", "video",
+                    "Kinetics-600, as kinetics400 (UniFormer's K600 class order by default)"),
+    "video-list": ("vitlab.data.video_lists", "build_video_list", "video",
+                   "any 'path label' lists: PATH/{train,val}.csv; class order from class_order, classes.txt or sorted"),
+    "ssv2": ("vitlab.data.video_lists", "build_ssv2", "video",
+             "Something-Something V2: something-something-v2-{labels,train,validation}.json + <id>.webm videos"),
+    "frame-list": ("vitlab.data.video_lists", "build_frame_list", "video",
+                   "frame folders <id>/00001.jpg with 'id num_frames label' lists (Something-Something V1)"),
+    "ade20k": ("vitlab.data.seg_layouts", "build_ade20k", "mask",
+               "ADE20K: images/ + annotations/{training,validation}; 150 classes, reduce_zero_label"),
+    "coco-stuff10k": ("vitlab.data.seg_layouts", "build_coco_stuff10k", "mask",
+                      "COCO-Stuff-10K: converted PNGs or the release's .mat files; 171 classes"),
+    "pascal-context": ("vitlab.data.seg_layouts", "build_pascal_context", "mask",
+                       "PASCAL-Context (VOC2010 + SegmentationClassContext), 60 classes with background"),
+    "pascal-context-59": ("vitlab.data.seg_layouts", "build_pascal_context_59", "mask",
+                          "PASCAL-Context, 59 classes, background ignored (reduce_zero_label)"),
 }
 
 
