@@ -281,3 +281,25 @@ def test_dataset_json_overrides_layout_defaults(tmp_path):
     assert bundle.class_names == ["sky", "sea", "sand"] and bundle.info["palette"] is None  # ADE's 150 colours dropped
     assert bundle.val.ignore_index == 254 and bundle.val[0][1][0].tolist() == [254, 0, 1, 2, 254, 0, 1, 2]
     assert torch.is_tensor(bundle.val[0][0])
+
+
+def test_segment_train_reads_a_layout_by_name(tmp_path, capsys):
+    """`vitlab segment train --data pascal-context-59:PATH`: the layout's classes and reduce_zero_label reach the run."""
+    from vitlab.cli.main import main
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    for split, names in (("train", ["2008_000002", "2008_000004"]), ("val", ["2008_000003"])):
+        for name in names:
+            _image(voc / "JPEGImages" / f"{name}.jpg", 32, 32)
+            _png(voc / "SegmentationClassContext" / f"{name}.png", [[0, 1, 2, 58, 59, 0, 1, 2] * 4] * 32)
+        (voc / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    run = tmp_path / "run"
+    assert main(["segment", "train", "--model", "segvit_micro", "--data", f"pascal-context-59:{tmp_path}",
+                 "--steps", "2", "--batch-size", "2", "--crop-size", "32", "--threads", "1", "-o", str(run),
+                 "--json"]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["num_classes"] == 59 and config["dataset"]["reduce_zero_label"] is True
+    assert config["label_names"][0] == "aeroplane" and config["label_names"][-1] == "wood"
+    assert main(["segment", "train", "--model", "segvit_micro", "--data", f"pascal-context-59:{tmp_path / 'nope'}",
+                 "--steps", "2", "-o", str(tmp_path / "run2")]) == 2
+    assert "pascal-context-59:PATH" in capsys.readouterr().err

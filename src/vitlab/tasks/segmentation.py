@@ -44,33 +44,41 @@ SEG_SECTION = {
 }
 
 
-def resolve_data_root(cfg: dict) -> tuple[Path, bool]:
-    """The ADE20K-layout root of ``data.name`` (the built-in set is generated on first use) and whether it is built in."""
+def resolve_data_root(cfg: dict) -> tuple[Path, str | None]:
+    """The folder of ``data.name`` and its layout (None: the folder's ``dataset.json`` or ADE20K-style folders).
+
+    ``texture-scenes`` (generated on first use), ``ade20k:PATH``, ``coco-stuff10k:PATH``,
+    ``pascal-context:PATH``, ``pascal-context-59:PATH`` (:mod:`vitlab.data.seg_layouts`), or
+    ``folder:PATH`` / ``ade:PATH`` / ``PATH``.
+    """
+    from vitlab.data.seg_layouts import LAYOUTS
     from vitlab.data.synthetic_scenes import default_root, write_texture_scenes
     name = cfg["data"]["name"]
     if name == "texture-scenes":
         root = Path(cfg["seg"]["data_root"] or cfg["data"]["root"] or default_root())
         if not (root / "dataset.json").is_file():  # an existing set (any size / seed) is used as it is
             write_texture_scenes(root)
-        return root, True
-    root = Path(name.split(":", 1)[1] if name.startswith(("folder:", "ade:")) else name)
+        return root, None
+    prefix, _, rest = name.partition(":")
+    layout = prefix if rest and prefix in LAYOUTS else None
+    root = Path(rest if layout or (rest and prefix in ("folder", "ade")) else name)
     if not root.is_dir():
-        raise DataError(f"--data {name!r}: expected 'texture-scenes' or a folder in the ADE20K layout "
-                        f"(images/training, annotations/training, ...)")
-    return root, False
+        raise DataError(f"--data {name!r}: expected 'texture-scenes', {', '.join(f'{k}:PATH' for k in LAYOUTS if k)} "
+                        f"or a folder in the ADE20K layout (images/training, annotations/training, ...)")
+    return root, layout
 
 
 def segmentation_sets(cfg: dict, mean, std, train: bool = True):
     """(train or None, val) :class:`SegmentationFolder` s; ``cfg['seg']`` gets the resolved class count and labels."""
     from vitlab.data.segmentation import SegAugment, SegmentationFolder
-    root, _ = resolve_data_root(cfg)
+    root, layout = resolve_data_root(cfg)
     seg = cfg["seg"]
-    probe = SegmentationFolder(root, "validation", num_classes=seg["num_classes"])
+    probe = SegmentationFolder(root, "validation", num_classes=seg["num_classes"], layout=layout)
     reduce = seg["reduce_zero_label"]
     if reduce is None:
         reduce = bool(probe.meta.get("reduce_zero_label", False))
     common = dict(num_classes=seg["num_classes"] or probe.num_classes, reduce_zero_label=reduce, mean=mean,
-                  std=std, ignore_index=seg["ignore_index"])
+                  std=std, ignore_index=seg["ignore_index"], layout=layout)
     if not common["num_classes"]:
         raise DataError(f"{root} has no dataset.json with class names: set seg.num_classes (--num-classes)")
     aug = SegAugment(crop_size=seg["crop_size"], scale=seg["scale"], ratio_range=tuple(seg["ratio_range"]),
