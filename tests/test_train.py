@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import vitlab
 from vitlab.data.datasets import ArrayDataset
 from vitlab.data.registry import DatasetBundle, register_dataset
 from vitlab.errors import ConfigError, DataError, RunFolderError, TrainingDiverged
@@ -202,3 +203,19 @@ def test_a_short_run_still_draws_its_curves(tmp_path):
 def test_torch_compile_switch(tmp_path):
     result = train(micro_config(tmp_path / "run", model={"compile": True}, sched={"epochs": 1, "max_steps": 2}))
     assert result["step"] == 2
+
+
+def test_fine_tune_weights_keep_a_matching_classifier_and_replace_another(tmp_path):
+    """model.pretrained: a resolution fine-tune continues the heads; another class count starts a new head."""
+    from vitlab.tasks.classification import load_fine_tune_weights
+    source = vitlab.create_model("volo_micro", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "ten.pth")
+    same = vitlab.create_model("volo_micro", num_classes=10)
+    load_fine_tune_weights(same, tmp_path / "ten.pth")
+    assert torch.equal(same.head.weight, source.head.weight) and torch.equal(same.aux_head.weight,
+                                                                               source.aux_head.weight)
+    other = vitlab.create_model("volo_micro", num_classes=5)
+    fresh = other.head.weight.clone()
+    load_fine_tune_weights(other, tmp_path / "ten.pth")
+    assert torch.equal(other.head.weight, fresh) and torch.equal(other.network[0][0].attn.v.weight,
+                                                                 source.network[0][0].attn.v.weight)

@@ -98,13 +98,27 @@ def build_classifier(cfg: dict, num_classes: int, kwargs: dict) -> nn.Module:
         kwargs["mix_token"] = True
     model = create_model(mcfg["name"], num_classes=num_classes, **kwargs)
     if mcfg["pretrained"]:
-        from vitlab.checkpoints.load import load_checkpoint
-        print(f"initialised from {mcfg['pretrained']}: "
-              f"{load_checkpoint(model, mcfg['pretrained'], strict=False, drop_classifier=True)}", flush=True)
+        print(f"initialised from {mcfg['pretrained']}: {load_fine_tune_weights(model, mcfg['pretrained'])}",
+              flush=True)
     if mcfg["freeze_bn"]:
         from vitlab.layers import freeze_batch_norm
         model = freeze_batch_norm(model)
     return model
+
+
+def load_fine_tune_weights(model: nn.Module, path):
+    """``model.pretrained``: the checkpoint's classifier is kept when it has the model's classes (a resolution
+    fine-tune continues the 224 run's heads, as the official VOLO / UniFormer fine-tunes do) and left out
+    when it has another number (a new head for a new dataset). Extra keys (e.g. EsViT's DINO heads) are
+    reported, not refused; wrong shapes outside the classifier are refused."""
+    from vitlab.checkpoints.load import CheckpointError, classifier_keys, load_checkpoint
+    try:
+        return load_checkpoint(model, path, strict=False)
+    except CheckpointError as e:
+        heads = classifier_keys(model)
+        if not heads or not any(k in str(e) for k in heads):
+            raise
+    return load_checkpoint(model, path, strict=False, drop_classifier=True)
 
 
 class TrainForward(nn.Module):
