@@ -8,10 +8,10 @@ lr scales with it (optim.lr_base_batch) and a torchrun command for exactly that 
 only sizes (data, crops, frames, batch 2), the length (2 steps), threads, workers, the output folder, and on a
 CPU the autocast dtype (the recipes' fp16 needs a GPU).
 
-The fast suite runs two steps for one recipe per distinct network of at most 60M parameters (and for the one
-Something-Something recipe per size, whose sampling and 3-crop test differ); every other recipe -- the models
-above 60M and the further recipes of an already-covered network -- runs under ``make test-slow`` (each of those
-differs from its fast twin only in numbers the composition test checks).
+The fast suite runs two steps for one recipe per network of at most 60M parameters (a window-14 Swin and the hybrid
+UniFormer-S counted with their twins) and for one Something-Something recipe, whose sampling and 3-crop test
+differ; every other recipe -- the models above 60M and the further recipes of an already-covered network -- runs
+under ``make test-slow`` (each of those differs from its fast twin only in numbers the composition test checks).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ RECIPES = sorted([*(ROOT / "configs" / "segmentation").glob("*.yaml"), *(ROOT / 
 IDS = [p.relative_to(ROOT / "configs").as_posix() for p in RECIPES]
 LIMIT = 60e6   # parameters: above this a two-step CPU run is a slow test
 
-# one recipe per distinct network <= 60M parameters (+ the SSv2 data path): the two-step runs of the fast suite
+# one recipe per network <= 60M parameters (+ the SSv2 data path): the two-step runs of the fast suite
 FAST = {
     "segmentation/upernet_swin_tiny_ade20k_512x512_160k.yaml",
     "segmentation/upernet_pale_tiny_ade20k_512x512_160k.yaml",
@@ -46,6 +46,7 @@ FAST = {
     "video/uniformer_base_k400_16x4.yaml",
     "video/uniformer_small_ssv2_16f_prek400.yaml",
     "pretraining/esvit_swin_tiny_w7_300ep.yaml",
+    "pretraining/esvit_swin_small_w7_300ep.yaml",
 }
 EXPECTED = {"segmentation": 20, "video": 21, "pretraining": 6}
 
