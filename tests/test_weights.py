@@ -313,3 +313,14 @@ def test_create_model_pretrained_true_reads_the_cache_and_never_downloads(server
         assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), model.state_dict().values()))
     with pytest.raises(ValueError, match="are for vit_micro, not volo_micro"):
         vitlab.create_model("volo_micro", pretrained="vit_micro.cached")
+
+
+def test_the_loopback_example_runs():
+    """examples/weights_loopback.py (shown in the README): cut-off download, resume, verify, pretrained=True."""
+    import subprocess
+    import sys
+    example = Path(__file__).resolve().parents[1] / "examples" / "weights_loopback.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "the partial file is kept for resuming" in out.stdout and "resuming at 0.5 MiB" in out.stdout
+    assert "weights equal to the served ones: True" in out.stdout
