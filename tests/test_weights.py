@@ -322,5 +322,6 @@ def test_the_loopback_example_runs():
     example = Path(__file__).resolve().parents[1] / "examples" / "weights_loopback.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "the partial file is kept for resuming" in out.stdout and "resuming at 0.5 MiB" in out.stdout
+    text = out.stdout + out.stderr                 # errors and progress go to stderr
+    assert "the partial file is kept for resuming" in text and "resuming at 0.5 MiB" in text
     assert "weights equal to the served ones: True" in out.stdout

@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("linear-probe", "linear_probe"),
     ("models", "models"),
     ("pose", "pose"),
+    ("predict", "predict"),
     ("pretrain", "pretrain"),
     ("segment", "segment"),
     ("train", "train"),

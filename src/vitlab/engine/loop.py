@@ -14,7 +14,8 @@ evaluation; the engine owns the rest:
   per parameter), EMA weights, per-step lr / weight-decay schedules, the lr scaled with the global
   batch (``optim.lr_base_batch``);
 * a progress bar on a terminal (plain lines when piped), ``metrics.jsonl``, ``curves.png``,
-  ``final.json``; unreadable files skipped and reported by name;
+  ``final.json`` (and TensorBoard event files with ``run.tensorboard``); unreadable files skipped and
+  reported by name;
 * one training-state checkpoint (:mod:`vitlab.engine.state`): ``last.pth`` at every epoch end and
   every ``run.checkpoint_every`` steps, ``best.pth`` when ``task.monitor`` improves; ``--resume``
   continues bit-exactly, mid-epoch included.
@@ -45,6 +46,7 @@ from .progress import Progress
 from .run_folder import claim_run_folder
 from .runtime import autocast, no_sync, prepare_module, resolve_device, set_threads
 from .schedule import StepSchedule
+from .tensorboard import TensorBoardLog, require_tensorboard
 
 
 @dataclass
@@ -145,6 +147,10 @@ def build_session(cfg: dict, task, dist: DistInfo, state: dict | None) -> Sessio
         _restore(s, state)
     s.metrics = MetricsLog(s.out / METRICS_NAME, enabled=s.is_main,
                            resume_step=s.pos.step if state is not None else None)
+    s.tensorboard = None
+    if run.get("tensorboard") and s.is_main:    # every metrics record also goes to RUN/tensorboard/
+        s.tensorboard = TensorBoardLog(s.out, resume_step=s.pos.step if state is not None else None)
+        s.metrics.sinks.append(s.tensorboard)
     s.progress = Progress(run["progress"], enabled=s.is_main)
     if state is None:
         _announce(s)
@@ -421,6 +427,9 @@ def finish_run(s: Session) -> dict:
             title = f"{s.cfg['model']['name']} on {s.cfg['data']['name']} ({s.task.name}, {s.out.name})"
             plot_curves(read_records(s.out / METRICS_NAME), s.out / "curves.png", title=title,
                         metric=s.task.monitor)
+        if s.tensorboard is not None:
+            s.tensorboard.add_figures(s.out, s.pos.step)
+            s.tensorboard.close()
     barrier(s.dist)
     return summary
 
@@ -431,6 +440,8 @@ def fit(cfg: dict, task, *, resume: str | Path | None = None, overwrite: bool = 
     ``resume``: a run folder (or its ``last.pth``) to continue exactly; ``overwrite``: replace the
     contents of an existing output folder. Without either, a folder that holds files is refused.
     """
+    if cfg["run"].get("tensorboard"):
+        require_tensorboard()          # before anything runs: one line naming the install command
     dist = init_distributed(cfg["run"]["device"])
     try:
         folder = claim_run_folder(cfg["run"]["output"], resume=resume is not None, overwrite=overwrite,

@@ -33,10 +33,13 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 class MetricsLog:
-    """Append-only record writer; ``resume_step`` drops records after that step first (exact resume)."""
+    """Append-only record writer; ``resume_step`` drops records after that step first (exact resume).
+
+    ``sinks``: more writers (each with ``write(record)``, e.g. the TensorBoard log) handed every record.
+    """
 
     def __init__(self, path: str | Path, enabled: bool = True, resume_step: int | None = None):
-        self.path, self.enabled, self.file = Path(path), enabled, None
+        self.path, self.enabled, self.file, self.sinks = Path(path), enabled, None, []
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
@@ -48,6 +51,8 @@ class MetricsLog:
         if self.file is not None:
             self.file.write(to_json(record) + "\n")
             self.file.flush()
+            for sink in self.sinks:
+                sink.write(record)
 
     def close(self) -> None:
         if self.file is not None:

@@ -159,6 +159,9 @@ COMMON_SECTIONS: dict[str, dict[str, Field]] = {
         "progress": F("auto", "str", choices=("auto", "bar", "log")),
         "plots": F(True, "bool"),
         "detect_anomaly": F(False, "bool"),
+        "tensorboard": F(False, "bool", doc="also write TensorBoard event files under RUN/tensorboard/ (rank 0): "
+                                            "train/epoch/eval scalars at their steps, the figures at the end; "
+                                            "needs pip install tensorboard"),
     },
 }
 
