@@ -82,3 +82,22 @@ def test_tensorboard_off_by_default_writes_nothing(tmp_path, capsys):
     assert main(ARGV + ["--max-steps", "1", "--set", "run.plots=false", "-o", str(out)]) == 0, \
         capsys.readouterr().err
     assert not (out / "tensorboard").exists()
+
+
+def test_figures_of_every_task_become_images(tmp_path):
+    pytest.importorskip("tensorboard")
+    import numpy as np
+    from PIL import Image
+    from vitlab.engine.tensorboard import TensorBoardLog
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(tmp_path / "curves.png")
+    for folder, mode in (("overlays", "RGB"), ("predictions", "RGBA"), ("figures", "L")):
+        (tmp_path / folder).mkdir()
+        Image.new(mode, (6, 4)).save(tmp_path / folder / "val_0001.png")
+    log = TensorBoardLog(tmp_path)
+    log.write({"kind": "data", "step": 0, "task": "segmentation"})       # not a scalar record: ignored
+    log.write({"kind": "eval", "epoch": 1, "step": 7, "mIoU": 12.5, "mode": "whole", "loss": float("nan")})
+    assert log.add_figures(tmp_path, 7) == ["curves", "overlays/val_0001", "predictions/val_0001", "figures/val_0001"]
+    log.close()
+    acc = _events(tmp_path)
+    assert acc.Tags()["scalars"] == ["eval/mIoU"] and acc.Scalars("eval/mIoU")[0].step == 7
+    assert (acc.Images("overlays/val_0001")[0].width, acc.Images("overlays/val_0001")[0].height) == (6, 4)
