@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(TORCH)
 	# animal-mnist only ships the data arrays; its declared TensorFlow dependency is not needed.
 	$(PIP) install -q --no-deps animal-mnist==0.4
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,tensorboard]"
 	# timm, the peer the tests compare against: without its torchvision dependency (the tests put a stand-in
 	# torchvision from ../shared on the path); huggingface_hub is the one import timm needs besides torch.
 	$(PIP) install -q huggingface_hub
