@@ -41,8 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image / clip (default 5)")
     p.add_argument("--csv", metavar="FILE", help="also write the top-k rows as CSV (file, clip, rank, index, class, "
                                                   "probability)")
-    p.add_argument("--clips", type=int, metavar="N", help="video clips per video (default: the run's test clips, "
-                                                          f"at least enough to cover the video, at most {MAX_AUTO_CLIPS})")
+    p.add_argument("--clips", type=int, metavar="N",
+                   help=f"clips per video (default: enough to cover it, at least the run's test clips, at most "
+                        f"{MAX_AUTO_CLIPS})")
 
 
 # --- what the model is ---------------------------------------------------------------------------------
@@ -338,6 +339,10 @@ def run(args) -> int:
         raise VitlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.clips is not None and args.clips < 1:
         raise VitlabError(f"--clips must be at least 1, got {args.clips}")
+    missing = [item for item in args.inputs if not Path(item).exists()]
+    if missing:
+        raise FileNotFoundError(f"input {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)"
+                                                                        if len(missing) > 1 else ""))
     set_threads(args.threads)
     model = load_model(args.model, args.checkpoint)
     kind = model_kind(model)
@@ -345,9 +350,9 @@ def run(args) -> int:
         raise VitlabError(f"{args.model} is a segmentation model: give -o DIR for its masks and overlays")
     if kind == "segmentation" and args.csv:
         raise VitlabError("--csv writes top-k classes; a segmentation model writes masks and overlays into -o DIR")
+    files = collect_inputs(args.inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
     if not Path(args.model).is_dir() and not args.checkpoint:
         print("warning: no --checkpoint given; predicting with randomly initialised weights", file=sys.stderr)
-    files = collect_inputs(args.inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
     names = class_names(model)
     device = resolve_device(args.device or "auto", DistInfo())
     model.to(device).eval()
