@@ -35,6 +35,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("predict", "predict"),
     ("pretrain", "pretrain"),
     ("segment", "segment"),
+    ("token-labels", "token_labels"),
     ("train", "train"),
     ("weights", "weights"),
 )
