@@ -41,17 +41,41 @@ class Mixup:
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, rng: np.random.Generator):
         """-> (mixed x, soft targets (B, K), lam)."""
+        x, y, lam, _ = self.mix(x, target, rng)
+        return x, y, lam
+
+    def mix(self, x: torch.Tensor, target: torch.Tensor, rng: np.random.Generator):
+        """-> (mixed x, soft targets (B, K), lam, cutmix box (y1, y2, x1, x2) in pixels or None); see :func:`mix_maps`."""
         y = smooth_one_hot(target, self.num_classes, self.smoothing)
         if not self.active or rng.random() >= self.prob:
-            return x, y, 1.0
+            return x, y, 1.0, None
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
         lam = float(rng.beta(self.cutmix_alpha, self.cutmix_alpha) if use_cutmix
                     else rng.beta(self.mixup_alpha, self.mixup_alpha))
-        x = x.clone()
+        x, box = x.clone(), None
         if use_cutmix:
-            y1, y2, x1, x2 = cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
+            box = y1, y2, x1, x2 = cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
             x[..., y1:y2, x1:x2] = x.flip(0)[..., y1:y2, x1:x2]
             lam = 1.0 - (y2 - y1) * (x2 - x1) / (x.shape[-2] * x.shape[-1])  # the area actually kept
         else:
             x = x * lam + x.flip(0) * (1.0 - lam)
-        return x, y * lam + y.flip(0) * (1.0 - lam), lam
+        return x, y * lam + y.flip(0) * (1.0 - lam), lam, box
+
+
+def box_coverage(box, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor:
+    """(gh, gw) fraction of each grid cell inside the pixel box (y1, y2, x1, x2) of an image of ``image_hw``."""
+    def axis(lo, hi, size, cells):
+        edges = torch.arange(cells + 1, dtype=torch.float64) * (size / cells)
+        return (torch.minimum(edges[1:], torch.tensor(float(hi))) -
+                torch.maximum(edges[:-1], torch.tensor(float(lo)))).clamp(min=0) / (size / cells)
+    y1, y2, x1, x2 = box
+    return (axis(y1, y2, image_hw[0], grid_hw[0])[:, None] * axis(x1, x2, image_hw[1], grid_hw[1])[None, :]).float()
+
+
+def mix_maps(maps: torch.Tensor, lam: float, box, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Per-location targets (B, K, h, w) mixed like the images: by ``lam`` for mixup; for cutmix (``box`` in
+    image pixels) each location takes the partner's target in proportion to how much of it the box covers."""
+    if box is None:
+        return maps if lam == 1.0 else maps * lam + maps.flip(0) * (1.0 - lam)
+    cover = box_coverage(box, image_hw, tuple(maps.shape[-2:])).to(maps.device, maps.dtype)
+    return maps * (1.0 - cover) + maps.flip(0) * cover

@@ -129,6 +129,18 @@ def warp_token_labels(records: torch.Tensor, geometry: torch.Tensor, num_classes
     return out * (1.0 - smoothing) + off if smoothing else out
 
 
+def aux_grid(output) -> tuple[int, int]:
+    """The square token grid of a ``forward_train`` output's aux logits (B, N, K)."""
+    aux = output[1] if isinstance(output, (tuple, list)) and len(output) >= 2 else None
+    if not isinstance(aux, torch.Tensor) or aux.ndim != 3:
+        raise ValueError("token labels need a model with an auxiliary token head (e.g. VOLO with return_dense=True) "
+                         "and its model.forward_train(x) output, which carries aux_logits")
+    side = int(round(aux.shape[1] ** 0.5))
+    if side * side != aux.shape[1]:
+        raise ValueError(f"token labels need a square token grid, got {aux.shape[1]} tokens")
+    return side, side
+
+
 # --- geometry: the crop box and flip the image transform drew ----------------------------------------
 
 def crop_geometry(transform, h: int, w: int, generator) -> tuple[float, float, float, float, float]:

@@ -5,7 +5,8 @@ Build: the dataset (``data.name``) with timm-style transforms from the model's `
 evaluation) and the model with a head for the dataset's classes. Step: Mixup/CutMix with label
 smoothing, then the loss of :func:`~vitlab.engine.losses.classification_loss` on the model's
 :meth:`forward_train` output (class token CE + ``loss.aux_weight`` x token CE for token-labeling
-models, with token-label maps when ``aug.token_labels`` names a file). Evaluate: top-1 / top-5,
+models, with token-label maps when ``aug.token_labels`` names a folder of per-image maps, warped with each
+sample's crop and flip and mixed like the images, or a single (N, K, h, w) file). Evaluate: top-1 / top-5,
 loss, per-class accuracy and the confusion matrix on the held-out split. Finish: ``model/`` (a
 ``from_pretrained`` folder with the class names), ``confusion.png``.
 """
@@ -33,7 +34,8 @@ AUG_SECTION = {
     "mix_prob": F(1.0, "float", low=0.0, high=1.0), "switch_prob": F(0.5, "float", low=0.0, high=1.0),
     "smoothing": F(0.1, "float", low=0.0, high=1.0),
     "mix_token": F(False, "bool", doc="MixToken (VOLO / token-labeling UniFormer)"),
-    "token_labels": F(None, "str", optional=True, doc="file with per-image score maps (N, K, h, w)"),
+    "token_labels": F(None, "str", optional=True, doc="folder of per-image (2, k, h, w) top-k maps (vitlab "
+                                                   "token-labels generate) or one (N, K, h, w) file"),
 }
 LOSS_SECTION = {"aux_weight": F(0.5, "float", low=0.0, doc="weight of the token-labeling (aux head) loss")}
 
@@ -152,9 +154,12 @@ class ClassificationTask(Task):
         k = bundle.num_classes
         self.train_set = bundle.train
         if cfg["aug"]["token_labels"]:
-            from vitlab.data.token_labels import TokenLabelDataset, check_token_label_recipe, load_token_label_maps
-            check_token_label_recipe(cfg["aug"])
-            self.train_set = TokenLabelDataset(bundle.train, load_token_label_maps(cfg["aug"]["token_labels"]), k)
+            from vitlab.data import token_labels as tl
+            path = cfg["aug"]["token_labels"]
+            tl.check_token_label_recipe(cfg["aug"], warped=tl.is_label_folder(path))
+            self.train_set = (tl.TokenLabelFolderDataset(bundle.train, path, k, bundle.class_names)
+                              if tl.is_label_folder(path) else
+                              tl.TokenLabelDataset(bundle.train, tl.load_token_label_maps(path), k))
         self.model = build_classifier(cfg, k, self.resolved["model_kwargs"])
         a = cfg["aug"]
         self.mixup = Mixup(k, a["mixup"], a["cutmix"], a["mix_prob"], a["switch_prob"], a["smoothing"])
@@ -177,9 +182,13 @@ class ClassificationTask(Task):
 
     def train_step(self, module, batch, session):
         x, y = batch
-        maps = None
-        if isinstance(x, (list, tuple)):  # token-labeling maps ride along with the images
-            x, maps = x[0], x[1].to(session.device, non_blocking=True)
+        maps = records = None
+        if isinstance(x, (list, tuple)):  # token-labeling maps (or per-image records + crop geometry) ride along
+            x, maps = x[0], x[1]
+            if isinstance(maps, (list, tuple)):
+                records, maps = [t.to(session.device, non_blocking=True) for t in maps], None
+            else:
+                maps = maps.to(session.device, non_blocking=True)
         x, y = x.to(session.device, non_blocking=True), y.to(session.device, non_blocking=True)
         k = len(self.class_names)
         if int(y.min()) < 0 or int(y.max()) >= k:
@@ -187,8 +196,14 @@ class ClassificationTask(Task):
         if session.cfg["model"]["channels_last"] and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         rng = np.random.default_rng([session.cfg["run"]["seed"], session.pos.step, session.micro, session.dist.rank])
-        x, target, _ = self.mixup(x, y, rng)
-        return classification_loss(module(x), target, session.cfg["loss"]["aux_weight"], token_maps=maps), {}
+        x, target, lam, box = self.mixup.mix(x, y, rng)
+        out = module(x)
+        if records is not None:  # warp each image's map with its crop/flip to the aux grid, mix like the images
+            from vitlab.data.mixup import mix_maps
+            from vitlab.data.token_labels import aux_grid, warp_token_labels
+            maps = warp_token_labels(*records, k, aux_grid(out), session.cfg["aug"]["smoothing"])
+            maps = mix_maps(maps, lam, box, tuple(x.shape[-2:]))
+        return classification_loss(out, target, session.cfg["loss"]["aux_weight"], token_maps=maps), {}
 
     def val_loader(self, session):
         if self._val_loader is None and self.bundle.val is not None:
