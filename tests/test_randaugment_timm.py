@@ -173,3 +173,14 @@ def test_randaugment_runs_on_uint8_and_float_and_is_seeded():
     assert changed >= 9
     with pytest.raises(ValueError, match="unknown auto-augment part 'tweights'"):
         RandAugment.from_string("rand-m9-tweights")
+
+
+def test_train_transform_passes_timms_hparams():
+    """build_train_transform gives RandAugment timm's create_transform hparams: the mean colour as fill and the
+    train interpolation."""
+    from vitlab.data.randaugment import RandAugment
+    from vitlab.data.transforms import build_train_transform
+    t = build_train_transform(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), auto_augment="rand-m9-mstd0.5-inc1",
+                              interpolation="bicubic")
+    [ra] = [s for s in t.transforms if isinstance(s, RandAugment)]
+    assert tuple(ra.fill) == (124, 116, 104) and ra.interpolation == "bicubic"

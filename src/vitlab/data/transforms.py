@@ -270,7 +270,11 @@ def build_train_transform(img_size: int | tuple[int, int], mean, std, in_chans: 
     if hflip > 0:
         steps.append(RandomHorizontalFlip(hflip))
     if auto_augment:
-        steps.append(RandAugment.from_string(auto_augment))
+        # timm's create_transform: fill with the mean colour, the train interpolation unless it is "random"
+        hparams = {"fill": tuple(min(255, round(255 * float(v))) for v in mean)}
+        if interpolation in ("bilinear", "bicubic"):
+            hparams["interpolation"] = interpolation
+        steps.append(RandAugment.from_string(auto_augment, **hparams))
     elif color_jitter > 0:
         steps.append(ColorJitter(color_jitter, color_jitter, color_jitter))
     steps.append(Normalize(mean, std))
