@@ -207,6 +207,8 @@ class TokenLabelFolderDataset(SeededDataset):
         return len(self.base)
 
     def __getitem__(self, key):
+        if not isinstance(key, (tuple, list)):  # no per-sample seed: draw one, so the replay sees the same draws
+            key = (int(key), int(torch.randint(0, 2 ** 62, ())))
         sample = self.base[key]
         if sample is None or isinstance(sample, Skipped):
             return sample
