@@ -45,6 +45,7 @@ class Verification:
     path: str
     max_abs_diff_per_output: dict[str, float] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each trial
 
     @property
     def max_abs_diff(self) -> float:
@@ -55,7 +56,8 @@ class Verification:
 
     def as_dict(self) -> dict:
         return {"format": self.format, "path": self.path, "max_abs_diff": self.max_abs_diff,
-                "max_abs_diff_per_output": self.max_abs_diff_per_output, "batch_sizes": self.batch_sizes}
+                "max_abs_diff_per_output": self.max_abs_diff_per_output, "batch_sizes": self.batch_sizes,
+                "input_sizes": [list(hw) for hw in self.input_sizes]}
 
 
 def onnx_session(path: str | Path, threads: int = 2):
@@ -81,30 +83,65 @@ def _record(result: Verification, names: list[str], reference: list[torch.Tensor
         result.max_abs_diff_per_output[name] = max(result.max_abs_diff_per_output.get(name, 0.0), diff)
 
 
-def _trial_inputs(inputs: tuple, batch_sizes: list[int], seed: int) -> list[tuple]:
+def _trial_inputs(inputs: tuple, batch_sizes: list[int], seed: int, sizes: list | None = None) -> list[tuple]:
+    """Random inputs like ``inputs``, one per batch size; ``sizes`` gives each trial's (height, width) of input 0."""
     gen = torch.Generator().manual_seed(seed)
-    return [tuple(torch.randn((b, *x.shape[1:]), generator=gen, dtype=x.dtype) for x in inputs) for b in batch_sizes]
+    trials = []
+    for i, b in enumerate(batch_sizes):
+        shapes = [(b, *x.shape[1:]) for x in inputs]
+        if sizes is not None:
+            shapes[0] = (*shapes[0][:-2], *sizes[i])
+        trials.append(tuple(torch.randn(s, generator=gen, dtype=x.dtype) for s, x in zip(shapes, inputs)))
+    return trials
+
+
+def dynamic_trial_sizes(model: nn.Module, inputs: tuple) -> list[tuple[int, int]]:
+    """The (height, width) a dynamic-size file is checked at: ``inputs``' own and two others (stride multiples).
+
+    The two others differ from the size the file was traced at (:func:`vitlab.export.onnx.dynamic_example`),
+    one taller than wide and one larger, so a size frozen in the graph shows.
+    """
+    from .onnx import model_stride
+    stride = model_stride(model)
+    h, w = (int(v) for v in inputs[0].shape[-2:])
+    return [(h, w), (h + 2 * stride, w + stride), (h + stride, max(stride, w - stride))]
 
 
 def verify_onnx(model: nn.Module, path: str | Path, inputs: tuple, dynamic_batch: bool = False,
-                seed: int = 0) -> Verification:
-    """Run ``path`` in onnxruntime and ``model`` in PyTorch on fresh random inputs shaped like ``inputs``."""
+                seed: int = 0, dynamic_hw: bool = False) -> Verification:
+    """Run ``path`` in onnxruntime and ``model`` in PyTorch on fresh random inputs shaped like ``inputs``.
+
+    ``dynamic_batch`` adds a second batch size; ``dynamic_hw`` checks at :func:`dynamic_trial_sizes`
+    (``inputs``' height and width and two others), so a file that only works at one size fails here.
+    """
     model.eval()
     batch = inputs[0].shape[0]
+    hws = dynamic_trial_sizes(model, inputs) if dynamic_hw else [tuple(int(v) for v in inputs[0].shape[-2:])]
     sizes = [batch, batch + 1] if dynamic_batch else [batch]
+    if dynamic_hw:
+        sizes = [sizes[i % len(sizes)] for i in range(len(hws))]
     try:
         session = onnx_session(path)
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors have no common base class
         raise onnxruntime_failure(model, path, e, "cannot load the file") from e
     feeds = [i.name for i in session.get_inputs()]
-    result = Verification("onnx", str(path), batch_sizes=sizes)
-    for trial in _trial_inputs(inputs, sizes, seed):
+    result = Verification("onnx", str(path), batch_sizes=sorted(set(sizes)), input_sizes=list(dict.fromkeys(hws)))
+    for trial in _trial_inputs(inputs, sizes, seed, hws if dynamic_hw else None):
+        where = f"a batch of {trial[0].shape[0]}"
+        if dynamic_hw:
+            where += f" at {trial[0].shape[-2]}x{trial[0].shape[-1]}"
         with torch.no_grad():
-            out = model(*trial)
+            try:
+                out = model(*trial)
+            except Exception as e:  # noqa: BLE001
+                if not dynamic_hw:
+                    raise
+                raise ExportError(f"{_model_name(model)} cannot take a free height/width: PyTorch itself fails on "
+                                  f"{where}: {_first_line(e)}") from e
         try:
             got = session.run(None, {n: t.numpy() for n, t in zip(feeds, trial)})
         except Exception as e:  # noqa: BLE001
-            raise onnxruntime_failure(model, path, e, f"fails on a batch of {trial[0].shape[0]}") from e
+            raise onnxruntime_failure(model, path, e, f"fails on {where}") from e
         _record(result, output_names(out), flatten_outputs(out), got)
     return result
 
@@ -118,7 +155,8 @@ def verify_torchscript(model: nn.Module, path: str | Path, inputs: tuple, seed: 
         loaded = load_torchscript(path)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"torch.jit.load cannot load the TorchScript file of {name}: {_first_line(e)}") from e
-    result = Verification("torchscript", str(path), batch_sizes=[inputs[0].shape[0]])
+    result = Verification("torchscript", str(path), batch_sizes=[inputs[0].shape[0]],
+                          input_sizes=[tuple(int(v) for v in inputs[0].shape[-2:])])
     for trial in _trial_inputs(inputs, result.batch_sizes, seed):
         with torch.no_grad():
             out = model(*trial)
@@ -245,7 +283,7 @@ def failed_path(path: str | Path, suffix: str) -> Path:
 
 def export_and_verify(model: nn.Module, inputs: tuple, path: str | Path, format: str = "onnx", *, opset: int = 18,
                       dynamic_batch: bool = False, optimize: bool = True, atol: float = DEFAULT_ATOL, seed: int = 1,
-                      keep_on_failure: bool = False) -> Verification:
+                      keep_on_failure: bool = False, dynamic_hw: bool = False) -> Verification:
     """Export ``model`` to ``path`` (``format`` ``"onnx"`` or ``"torchscript"``) only if the file reproduces it.
 
     The file is written to a temporary file next to ``path``, reloaded by its runtime (onnxruntime,
@@ -254,12 +292,18 @@ def export_and_verify(model: nn.Module, inputs: tuple, path: str | Path, format:
     says why (the failing node and operator, or the measured difference), the temporary file is
     removed and ``path`` is left as it was. With ``keep_on_failure`` a file that was written but
     failed is kept at :func:`failed_path` instead, and the message says so.
+
+    ``dynamic_hw`` (ONNX) leaves height and width free; the file is then checked at three sizes
+    (:func:`dynamic_trial_sizes`), so one that is right only at the traced size is refused, never written.
     """
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"format must be 'onnx' or 'torchscript', got {format!r}")
     if format == "torchscript" and dynamic_batch:
         raise ValueError("dynamic_batch applies to ONNX; a traced TorchScript module keeps the shapes it was "
                          "traced with")
+    if format == "torchscript" and dynamic_hw:
+        raise ValueError("dynamic_hw applies to ONNX; a traced TorchScript module keeps the height and width it "
+                         "was traced with")
     if not atol >= 0:
         raise ValueError(f"atol must be a non-negative number, got {atol}")
     path = Path(path)
@@ -270,9 +314,11 @@ def export_and_verify(model: nn.Module, inputs: tuple, path: str | Path, format:
             written = False
             try:
                 if format == "onnx":
-                    export_onnx(model, inputs, tmp, opset=opset, dynamic_batch=dynamic_batch, optimize=optimize)
+                    export_onnx(model, inputs, tmp, opset=opset, dynamic_batch=dynamic_batch, optimize=optimize,
+                                dynamic_hw=dynamic_hw)
                     written = True
-                    result = verify_onnx(model, tmp, inputs, dynamic_batch=dynamic_batch, seed=seed)
+                    result = verify_onnx(model, tmp, inputs, dynamic_batch=dynamic_batch, seed=seed,
+                                         dynamic_hw=dynamic_hw)
                 else:
                     export_torchscript(model, inputs, tmp)
                     written = True
@@ -281,6 +327,8 @@ def export_and_verify(model: nn.Module, inputs: tuple, path: str | Path, format:
                     worst = max(result.max_abs_diff_per_output, key=result.max_abs_diff_per_output.get, default="?")
                     kind = "ONNX" if format == "onnx" else "TorchScript"
                     batches = ", ".join(map(str, result.batch_sizes))
+                    if dynamic_hw:
+                        batches += "; sizes " + ", ".join(f"{h}x{w}" for h, w in result.input_sizes)
                     raise ExportError(f"the exported {kind} file of {_model_name(model)} differs from PyTorch by "
                                       f"{result.max_abs_diff:.3g} (output {worst!r}, batch {batches}; "
                                       f"allowed --atol {atol:g})")
