@@ -183,7 +183,7 @@ def test_cli_exports_pale_at_opset_17(tmp_path, capsys):
     rc = cli(["export", "--model", "pale_micro", "--opset", "17", "--no-optimize", "-o", str(out), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and report["ok"] and report["max_abs_diff"] <= ATOL and onnx_opset(out) == 17
-    assert _listing(tmp_path) == ["pale.onnx"]  # no temporary file left over
+    assert _listing(tmp_path) == ["pale.onnx", "pale.onnx.preprocess.json"]  # no temporary file left over
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # a normal file, not a private temporary one
