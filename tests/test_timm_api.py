@@ -81,7 +81,7 @@ def test_num_classes_reinitialises_the_head_and_loads_the_rest_strictly(volo_che
     torch.manual_seed(3)
     fresh = vitlab.create_model("volo_micro", num_classes=5)
     torch.manual_seed(3)
-    with caplog.at_level(logging.INFO, logger="vitlab.models.registry"):
+    with caplog.at_level(logging.INFO, logger="vitlab.models.pretrained"):
         model = vitlab.create_model("volo_micro", pretrained=str(path), num_classes=5).eval()
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(lines) == 1 and "1000 classes, the model 5: re-initialised" in lines[0]
@@ -98,7 +98,7 @@ def test_num_classes_with_a_backbone_only_checkpoint(volo_checkpoint, tmp_path, 
     source, _ = volo_checkpoint
     backbone = {k: v for k, v in source.state_dict().items() if k.split(".")[0] not in ("head", "aux_head")}
     torch.save(backbone, tmp_path / "backbone.pth")
-    with caplog.at_level(logging.WARNING, logger="vitlab.models.registry"):
+    with caplog.at_level(logging.WARNING, logger="vitlab.models.pretrained"):
         model = vitlab.create_model("volo_micro", pretrained=str(tmp_path / "backbone.pth"), num_classes=4)
     assert "the checkpoint has no classifier, the model 4: re-initialised" in caplog.text
     assert torch.equal(model.pos_embed, source.pos_embed)
@@ -108,7 +108,7 @@ def test_num_classes_with_a_backbone_only_checkpoint(volo_checkpoint, tmp_path, 
 
 def test_num_classes_zero_gives_a_pooled_backbone(volo_checkpoint, caplog):
     source, path = volo_checkpoint
-    with caplog.at_level(logging.INFO, logger="vitlab.models.registry"):
+    with caplog.at_level(logging.INFO, logger="vitlab.models.pretrained"):
         model = vitlab.create_model("volo_micro", pretrained=str(path), num_classes=0).eval()
     assert any("num_classes=0, left out the checkpoint's 1000-class classifier" in r.getMessage()
                for r in caplog.records)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-import logging
 import pkgutil
-import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,8 +27,9 @@ import torch
 from torch import nn
 
 from vitlab.models.feature_extractor import FeatureExtractor
+from vitlab.models.global_pool import MAP_POOLS, TOKEN_POOLS, apply_global_pool, check_global_pool
+from vitlab.models.pretrained import load_pretrained
 
-_logger = logging.getLogger(__name__)
 
 
 class UnknownModelError(KeyError):
@@ -142,133 +141,6 @@ def _released_names() -> set[str]:
     return {_ALIASES.get(n, n) for n in names}
 
 
-# --- global_pool: timm's pooling choices, per family ------------------------------------------------
-# 'token' = the class token, 'avg' = the mean over tokens / positions, '' = no pooling. Token models
-# (ViT, VOLO) apply the classifier to every token when unpooled (as timm does); models whose features
-# are a map only drop the pooling with the classifier removed (num_classes=0), timm's rule too.
-_TOKEN_POOLS = {"vit": ("token", "avg", ""), "volo": ("token", "avg", "")}
-_MAP_POOLS = {f: ("avg", "") for f in ("pale", "uniformer", "uniformer_light", "uniformer_video", "swin")}
-
-
-def _volo_head(self, x, pre_logits: bool = False):
-    """VOLO's head with timm's ``global_pool``: 'token' (x[:, 0]), 'avg' (mean of all tokens) or '' (none);
-    the aux head's token-labeling term ``0.5 * max_tokens(aux_head(tokens))`` is added to the logits."""
-    pool = self.global_pool
-    out = x[:, 0] if pool == "token" else x.mean(1) if pool == "avg" else x
-    if pre_logits:
-        return out
-    if pool == "" and self.num_classes == 0:
-        return out
-    logits = self.head(out)
-    if getattr(self, "return_dense", False) and hasattr(self, "aux_head"):
-        aux = 0.5 * self.aux_head(x[:, 1:]).max(1).values
-        logits = logits + (aux.unsqueeze(1) if pool == "" else aux)
-    return logits
-
-
-def _unpooled_tokens_head(self, x, pre_logits: bool = False):
-    """global_pool='': every token, (B, N, C); with a classifier the logits of every token, (B, N, K)."""
-    return x if pre_logits else self.head(x)
-
-
-def _unpooled_head(self, x, pre_logits: bool = False):
-    """global_pool='': the unpooled features (map or tokens) as ``forward_features`` gives them."""
-    return x
-
-
-def check_global_pool(name: str, family: str, pool: str) -> None:
-    """Refuse, in one line naming the choices, a ``global_pool`` value the family does not offer."""
-    choices = _TOKEN_POOLS.get(family) or _MAP_POOLS.get(family)
-    if choices is None:
-        raise ValueError(f"{name}: global_pool is not an option of {family} models (only of "
-                         f"{', '.join(sorted({*_TOKEN_POOLS, *_MAP_POOLS}))})")
-    if pool not in choices:
-        raise ValueError(f"{name}: global_pool must be one of {', '.join(repr(c) for c in choices)}, got {pool!r}")
-
-
-def apply_global_pool(model: nn.Module, family: str, pool: str) -> None:
-    """Set timm's ``global_pool`` on a built model (after :func:`check_global_pool`)."""
-    name = getattr(model, "model_name", family)
-    check_global_pool(name, family, pool)
-    if family in _MAP_POOLS:
-        if pool == "":
-            if getattr(model, "num_classes", 0):
-                raise ValueError(f"{name}: global_pool='' leaves no pooled vector for the classifier; build it "
-                                 f"with num_classes=0 as well (forward then returns the unpooled features)")
-            model.forward_head = types.MethodType(_unpooled_head, model)
-        model.global_pool = pool
-    elif family == "volo":
-        if getattr(model, "return_mean", False) and pool != "avg":
-            raise ValueError(f"{name}: built with return_mean=True, which pools by the mean: global_pool must "
-                             f"be 'avg'")
-        model.global_pool = pool
-        model.forward_head = types.MethodType(_volo_head, model)
-    elif pool == "":  # vit: 'token' and 'avg' are constructor arguments
-        model.global_pool = pool
-        model.forward_head = types.MethodType(_unpooled_tokens_head, model)
-
-
-# --- pretrained weights for another classifier -------------------------------------------------------
-def _classifier_tensors(model: nn.Module, state_dict: dict) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """The model's classifier modules and the checkpoint's Linear classifier tensors for them."""
-    names = [n for n in getattr(model, "classifier_names", ("head", "aux_head"))
-             if isinstance(getattr(model, n, None), nn.Module)]
-    found = {}
-    for n in names:
-        weight = state_dict.get(f"{n}.weight")
-        if weight is not None and weight.ndim == 2:
-            found[f"{n}.weight"] = weight
-            if f"{n}.bias" in state_dict:
-                found[f"{n}.bias"] = state_dict[f"{n}.bias"]
-    return names, found
-
-
-def load_pretrained(model: nn.Module, path, adapt_classifier: bool = False):
-    """Load ``path`` strictly; with ``adapt_classifier`` a checkpoint classifier for another number of
-    classes is left out and the model's own (freshly initialised) one kept, as timm does when
-    ``num_classes`` differs. Every other weight still loads strictly (a mismatch raises CheckpointError).
-    Returns the :class:`~vitlab.checkpoints.load.LoadReport`."""
-    from vitlab.checkpoints.load import CheckpointError, load_checkpoint
-    if not adapt_classifier:
-        return load_checkpoint(model, path, strict=True)
-    try:
-        return _load_adapting_classifier(model, path)
-    except CheckpointError as e:   # name the file, not the dict it was read into
-        raise CheckpointError(str(e).replace("checkpoint <state dict>", f"checkpoint {path}", 1)) from None
-
-
-def _load_adapting_classifier(model: nn.Module, path):
-    from vitlab.checkpoints.load import load_checkpoint, read_checkpoint_object, strip_prefixes, unwrap_state_dict
-    state_dict, wrapper = unwrap_state_dict(read_checkpoint_object(path))
-    state_dict = strip_prefixes(dict(state_dict), set(model.state_dict()), [])
-    names, ckpt_head = _classifier_tensors(model, state_dict)
-    own_head = {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and k.split(".")[0] in names}
-    ckpt_classes = {v.shape[0] for k, v in ckpt_head.items() if k.endswith(".weight")}
-    own_classes = {v.shape[0] for v in own_head.values() if v.ndim == 2} or {0}
-    if ckpt_classes == own_classes or (not ckpt_head and own_classes == {0}):
-        report = load_checkpoint(model, state_dict, strict=True)
-    else:  # timm drops the checkpoint's classifier when num_classes differs and keeps the model's own
-        rest = {k: v for k, v in state_dict.items() if k not in ckpt_head}
-        report = load_checkpoint(model, rest, strict=True, drop_classifier=True)
-        model_name = getattr(model, "model_name", type(model).__name__)
-        k = getattr(model, "num_classes", min(own_classes))
-        ckpt_k = "/".join(str(c) for c in sorted(ckpt_classes))
-        if k:
-            reinit = ", ".join(key for key in model.state_dict() if key.split(".")[0] in names)
-            had = f"the checkpoint's classifier has {ckpt_k} classes" if ckpt_head else \
-                "the checkpoint has no classifier"
-            line = (f"{model_name}: {had}, the model {k}: re-initialised {reinit}; every other weight loaded "
-                    f"from {path}")
-            _logger.warning(line)
-        else:
-            line = (f"{model_name}: num_classes=0, left out the checkpoint's {ckpt_k}-class classifier "
-                    f"({', '.join(sorted(ckpt_head))}); every other weight loaded from {path}")
-            _logger.info(line)
-        report.notes.append(line)
-    report.source, report.wrapper = str(path), wrapper
-    return report
-
-
 def _zoo_weights(model: str, pretrained) -> tuple[dict, str | None]:
     """``pretrained=True`` or a weight name (``'volo_d1.in1k'``): the cached file and the overrides it needs.
 
@@ -318,9 +190,9 @@ def create_model(name: str, pretrained: str | None = None, *, features_only: boo
     if pool is not None and entry.family == "vit" and pool in ("token", "avg"):
         build_kwargs["global_pool"] = pool          # ViT takes these in its constructor
     if features_only:
-        if entry.family not in (*_TOKEN_POOLS, *_MAP_POOLS):
+        if entry.family not in (*TOKEN_POOLS, *MAP_POOLS):
             raise ValueError(f"{entry.name}: features_only is offered for the classification families "
-                             f"({', '.join(sorted({*_TOKEN_POOLS, *_MAP_POOLS}))}); {entry.family} models "
+                             f"({', '.join(sorted({*TOKEN_POOLS, *MAP_POOLS}))}); {entry.family} models "
                              f"give their maps through their own API")
         build_kwargs.setdefault("num_classes", 0)
     model = entry.builder(**build_kwargs)
