@@ -17,11 +17,16 @@ Two exact implementations of the same math:
   copy of V per window slot. Eager mode runs it as one autograd function (``_FoldFreeOutlook``)
   whose backward keeps only V and the window weights; under ``torch.compile`` a compact functional
   form (``_fold_free_functional``) is traced instead; on CUDA, when Triton is importable, fused
-  kernels compute the aggregation and its gradients (``outlook_triton``).
+  kernels compute the aggregation and its gradients (``outlook_triton``). Before the first use of
+  those kernels on a device and dtype, a small forward/backward self-check compares them with the
+  PyTorch path (``_triton_self_check``); "auto" falls back to PyTorch (with one warning) if they
+  disagree or fail, an explicit "triton" raises.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +282,98 @@ def _triton_available(v: torch.Tensor) -> bool:
     return outlook_triton.is_available()
 
 
+# One self-check of the Triton kernels per (device, dtype) and process: key -> (ok, reason, exception).
+_TRITON_CHECK: dict[tuple[str, torch.dtype], tuple[bool, str, BaseException | None]] = {}
+_TRITON_WARNED: set[tuple[str, torch.dtype]] = set()
+_TRITON_CHECKING = False  # set while the check runs: no recursion into it
+
+
+def reset_triton_check() -> None:
+    """Forget the cached Triton self-check results (for tests)."""
+    _TRITON_CHECK.clear()
+    _TRITON_WARNED.clear()
+
+
+def _triton_tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _triton_self_check(device: torch.device, dtype: torch.dtype) -> tuple[bool, str, BaseException | None]:
+    """Compare the Triton kernels with the PyTorch path on a small input: output, grad of v and of attn.
+
+    B=1, 2 heads of 8 channels, a 10 x 12 map, kernel 3, strides 2 and 1, in ``dtype`` on ``device``;
+    the reference is the fold-free PyTorch path in float32 on the same (dtype-rounded) inputs.
+    """
+    from . import outlook_triton
+
+    where = f"{device} {dtype}"
+    tol = _triton_tolerance(dtype)
+    B, H, W, heads, d, K, p = 1, 10, 12, 2, 8, 3, 1
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            if device.type in ("cuda", "cpu"):
+                stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+            for s in (2, 1):
+                n = H * W if s == 1 else ((H + 2 * p - K) // s + 1) * ((W + 2 * p - K) // s + 1)
+                v = torch.randn(B, H, W, heads, d, generator=gen).to(device=device, dtype=dtype)
+                attn = torch.randn(B, heads, n, K * K, K * K, generator=gen).softmax(-1).to(device=device, dtype=dtype)
+                grad = torch.randn(B, H, W, heads, d, generator=gen).to(device=device, dtype=dtype)
+                results = []
+                for fn, cast in ((_FoldFreeOutlook.apply, torch.float32),
+                                 (outlook_triton.triton_outlook_attention, dtype)):
+                    vi = v.detach().to(cast).requires_grad_()
+                    ai = attn.detach().to(cast).requires_grad_()
+                    out = fn(vi, ai, K, p, s)
+                    gv, ga = torch.autograd.grad(out, (vi, ai), grad.to(out.dtype))
+                    results.append((out.detach().float(), gv.float(), ga.float()))
+                for name, ref, got in zip(("output", "grad of v", "grad of attn"), *results):
+                    if ref.shape != got.shape:
+                        return False, (f"Triton outlook kernel disagrees with the PyTorch path on {where}: {name} "
+                                       f"(stride {s}) has shape {tuple(got.shape)}, expected {tuple(ref.shape)}"), None
+                    diff = (ref - got).abs().max().item()
+                    rel = diff / max(ref.abs().max().item(), 1e-12)
+                    if not rel <= tol:  # also catches NaN
+                        return False, (f"Triton outlook kernel disagrees with the PyTorch path on {where}: {name} "
+                                       f"(stride {s}) max abs difference {diff:.3g} (relative {rel:.3g} > "
+                                       f"tolerance {tol:g})"), None
+    except Exception as exc:  # compile error, launch failure, missing triton, ...
+        return False, f"Triton outlook kernel failed its self-check on {where}: {type(exc).__name__}: {exc}", exc
+    return True, "", None
+
+
+def _triton_verified(v: torch.Tensor, strict: bool) -> bool:
+    """Whether to run the Triton kernel for ``v``'s device and dtype, self-checking it on first use.
+
+    ``strict`` (implementation="triton") raises if the check failed; otherwise ("auto") the first
+    failure warns once and the PyTorch path is used from then on. While compiling or tracing (and
+    inside the check itself) nothing is run: the cached decision is used, else Triton only if strict.
+    """
+    global _TRITON_CHECKING
+    key = (str(v.device), v.dtype)
+    result = _TRITON_CHECK.get(key)
+    if result is None:
+        if _TRITON_CHECKING or torch.compiler.is_compiling() or torch.jit.is_tracing() or v.device.type == "meta":
+            return strict
+        _TRITON_CHECKING = True
+        try:
+            result = _TRITON_CHECK[key] = _triton_self_check(v.device, v.dtype)
+        finally:
+            _TRITON_CHECKING = False
+    ok, reason, exc = result
+    if ok:
+        return True
+    if strict:
+        raise RuntimeError(reason) from exc
+    if key not in _TRITON_WARNED:
+        _TRITON_WARNED.add(key)
+        warnings.warn(f"{reason}; using the PyTorch outlook attention (implementation='torch') instead for "
+                      f"the rest of this process", RuntimeWarning, stacklevel=3)
+    return False
+
+
 def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kernel_size: int = 3,
                       padding: int = 1, stride: int = 2, implementation: str = "auto") -> torch.Tensor:
     """Aggregate values ``v`` (B, H, W, C) with generated window weights ``attn``; returns (B, H, W, C).
@@ -285,8 +382,9 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
     (one K^2 x K^2 matrix per window, output slot i x input slot j, windows on the h x w grid that
     unfold(K, padding, stride) gives), or (B, heads, H*W, K*K, K*K) for ``stride == 1``, where the
     published code folds each position's matrix into (2K-1)^2 neighbourhood weights.
-    ``implementation``: "auto" (Triton on CUDA when available, else "torch"), "torch" (fold-free,
-    plain PyTorch), "triton", or "reference" (unfold/fold). All give the same result.
+    ``implementation``: "auto" (Triton on CUDA when available and its one-time self-check against
+    "torch" passes, else "torch"), "torch" (fold-free, plain PyTorch), "triton" (raises if the
+    self-check fails), or "reference" (unfold/fold). All give the same result.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
@@ -301,7 +399,8 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
     if implementation == "reference":
         return outlook_attention_reference(v, attn, num_heads, kernel_size, padding, stride)
     v5 = v.reshape(B, H, W, num_heads, C // num_heads)
-    if implementation == "triton" or (implementation == "auto" and _triton_available(v)):
+    use_triton = implementation == "triton" or (implementation == "auto" and _triton_available(v))
+    if use_triton and _triton_verified(v, strict=implementation == "triton"):
         from .outlook_triton import triton_outlook_attention
         out = triton_outlook_attention(v5, attn, kernel_size, padding, stride)
     else:

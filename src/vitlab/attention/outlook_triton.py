@@ -8,7 +8,9 @@ as fused kernels that read each value (2K-1)^2 times from cache instead of mater
 - grad V: a gather, ``dV[q] = sum_o W[o, q - o] dY[q - o]`` (no atomics);
 - grad W: ``dW[o, p] = <dY[p], V[p + o]>`` over the head's channels.
 
-Used on CUDA when Triton imports. With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors
+Used on CUDA when Triton imports, after a one-time forward/backward self-check per device and
+dtype against the PyTorch path (``outlook._triton_self_check``): "auto" falls back to PyTorch if
+it fails. With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors
 (slowly), which is how the tests check them on machines without a GPU.
 """
 from __future__ import annotations
