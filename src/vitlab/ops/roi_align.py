@@ -83,6 +83,80 @@ def _bucket(n: Tensor) -> Tensor:
     return torch.where(n <= 4, n, big)
 
 
+def _roi_geometry(rois: Tensor, B: int, oh: int, ow: int, spatial_scale: float, sampling_ratio: int,
+                  aligned: bool, dt, device) -> dict:
+    """Per RoI: batch index, top-left corner, bin size and sample-grid size (torchvision's rules)."""
+    r = rois.detach().to(device=device, dtype=dt)
+    K = r.shape[0]
+    batch = r[:, 0].long()
+    if K and (batch.min() < 0 or batch.max() >= B):
+        raise ValueError(f"roi_align: batch indices must lie in [0, {B}), got [{batch.min()}, {batch.max()}]")
+    scale = torch.tensor(spatial_scale, dtype=dt, device=r.device)
+    offset = 0.5 if aligned else 0.0
+    x1, y1 = r[:, 1] * scale - offset, r[:, 2] * scale - offset
+    x2, y2 = r[:, 3] * scale - offset, r[:, 4] * scale - offset
+    rw, rh = x2 - x1, y2 - y1
+    if not aligned:  # malformed RoIs become 1x1
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    # true divisions by full tensors (a scalar divisor may become a multiplication by its reciprocal)
+    bin_h, bin_w = rh / torch.full_like(rh, oh), rw / torch.full_like(rw, ow)
+    if sampling_ratio > 0:
+        gh = torch.full((K,), int(sampling_ratio), dtype=torch.int64, device=r.device)
+        gw = gh
+    else:  # adaptive: ceil(roi size / output size) points per bin side, none for empty or NaN RoIs
+        gh = torch.nan_to_num(torch.ceil(bin_h), nan=0.0).clamp(min=0).long()
+        gw = torch.nan_to_num(torch.ceil(bin_w), nan=0.0).clamp(min=0).long()
+    return dict(batch=batch, x1=x1, y1=y1, bin_h=bin_h, bin_w=bin_w, gh=gh, gw=gw, count=(gh * gw).clamp(min=1))
+
+
+def _grid_groups(gh: Tensor, gw: Tensor, oh: int, ow: int) -> tuple[Tensor, list]:
+    """RoIs with sample points sorted into groups of similar grids, in chunks of at most _MAX_PAIRS
+    (pixel, weight) pairs: (the RoI ids in group order, [(ids, G, Gw), ...])."""
+    ids = torch.nonzero((gh > 0) & (gw > 0))[:, 0]
+    key = _bucket(gh[ids]) * (1 << 32) + _bucket(gw[ids])
+    key, perm = torch.sort(key, stable=True)
+    ids = ids[perm]
+    _, sizes = torch.unique_consecutive(key, return_counts=True)
+    groups = []
+    for g_ids in torch.split(ids, sizes.tolist()):
+        G, Gw = int(gh[g_ids].max()), int(gw[g_ids].max())
+        step = max(1, _MAX_PAIRS // (4 * oh * ow * G * Gw))
+        groups += [(c_ids, G, Gw) for c_ids in torch.split(g_ids, step)]
+    return ids, groups
+
+
+@torch.no_grad()
+def _weighted_pairs(geo: dict, ids: Tensor, groups: list, K: int, oh: int, ow: int, H: int, W: int,
+                    total: int, index_dtype, dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(pixel index, weight, bag offset) of every output bin, bags in RoI order, for one embedding_bag."""
+    dev = ids.device
+    idx, wts = [], []
+    pair_start = torch.zeros(K, dtype=torch.int64, device=dev)   # of each RoI's pairs, in group order
+    bag_size = torch.zeros(K, dtype=torch.int64, device=dev)     # 0 for RoIs without sample points
+    base = 0
+    for c_ids, G, Gw in groups:
+        i, w = _bags(c_ids, geo["batch"], geo["x1"], geo["y1"], geo["bin_h"], geo["bin_w"], geo["gh"], geo["gw"],
+                     G, Gw, oh, ow, H, W, index_dtype)
+        # the mean over the bin's points: 1 / count folded into the weights
+        w = w.view(c_ids.shape[0], -1) / geo["count"][c_ids].to(w.dtype)[:, None]
+        per_roi = oh * ow * 4 * G * Gw
+        pair_start[c_ids] = base + torch.arange(c_ids.shape[0], device=dev) * per_roi
+        bag_size[c_ids] = 4 * G * Gw
+        idx.append(i.reshape(-1))
+        wts.append(w.reshape(-1))
+        base += c_ids.shape[0] * per_roi
+    idx, wts = torch.cat(idx), torch.cat(wts).to(dtype)
+    ordered = ids.shape[0] == K and bool(torch.equal(ids, torch.arange(K, device=dev)))
+    if not ordered:  # gather the pairs RoI by RoI
+        lengths = bag_size * (oh * ow)
+        new_start = torch.cumsum(lengths, 0) - lengths
+        perm = torch.arange(total, device=dev) + torch.repeat_interleave(
+            pair_start - new_start, lengths, output_size=total)
+        idx, wts = idx[perm], wts[perm]
+    sizes = bag_size.repeat_interleave(oh * ow)
+    return idx, wts, (torch.cumsum(sizes, 0) - sizes).to(index_dtype)
+
+
 def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
               aligned: bool = False) -> Tensor:
     """torchvision.ops.roi_align: (K, C, oh, ow) features of the RoIs.
@@ -104,79 +178,20 @@ def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sam
     dt = torch.float32 if low_precision else input.dtype
     if not dt.is_floating_point:
         raise TypeError(f"roi_align: input must be floating point, got {input.dtype}")
-
     with torch.no_grad():
-        r = rois.detach().to(device=input.device, dtype=dt)
-        batch = r[:, 0].long()
-        if K and (batch.min() < 0 or batch.max() >= B):
-            raise ValueError(f"roi_align: batch indices must lie in [0, {B}), got [{batch.min()}, {batch.max()}]")
-        scale = torch.tensor(spatial_scale, dtype=dt, device=r.device)
-        offset = 0.5 if aligned else 0.0
-        x1, y1 = r[:, 1] * scale - offset, r[:, 2] * scale - offset
-        x2, y2 = r[:, 3] * scale - offset, r[:, 4] * scale - offset
-        rw, rh = x2 - x1, y2 - y1
-        if not aligned:  # malformed RoIs become 1x1
-            rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
-        # true divisions by full tensors (a scalar divisor may become a multiplication by its reciprocal)
-        bin_h, bin_w = rh / torch.full_like(rh, oh), rw / torch.full_like(rw, ow)
-        if sampling_ratio > 0:
-            gh = torch.full((K,), int(sampling_ratio), dtype=torch.int64, device=r.device)
-            gw = gh
-        else:  # adaptive: ceil(roi size / output size) points per bin side, none for empty or NaN RoIs
-            gh = torch.nan_to_num(torch.ceil(bin_h), nan=0.0).clamp(min=0).long()
-            gw = torch.nan_to_num(torch.ceil(bin_w), nan=0.0).clamp(min=0).long()
-        count = (gh * gw).clamp(min=1)
-        # groups of RoIs with similar grids, built in chunks of at most _MAX_PAIRS (pixel, weight) pairs
-        ids = torch.nonzero((gh > 0) & (gw > 0))[:, 0]
-        key = _bucket(gh[ids]) * (1 << 32) + _bucket(gw[ids])
-        key, perm = torch.sort(key, stable=True)
-        ids = ids[perm]
-        _, sizes = torch.unique_consecutive(key, return_counts=True)
-        groups = []
-        for g_ids in torch.split(ids, sizes.tolist()):
-            G, Gw = int(gh[g_ids].max()), int(gw[g_ids].max())
-            step = max(1, _MAX_PAIRS // (4 * oh * ow * G * Gw))
-            groups += [(c_ids, G, Gw) for c_ids in torch.split(g_ids, step)]
+        geo = _roi_geometry(rois, B, oh, ow, spatial_scale, sampling_ratio, aligned, dt, input.device)
+        ids, groups = _grid_groups(geo["gh"], geo["gw"], oh, ow)
     table = input.permute(0, 2, 3, 1).reshape(B * H * W, C)
     if low_precision:
         table = table.float()
     total = sum(c.shape[0] * oh * ow * 4 * G * Gw for c, G, Gw in groups)
     index_dtype = torch.int32 if max(B * H * W, total) < 2 ** 31 else torch.int64
-
-    # one embedding_bag over every group (one gradient of the table in backward), bags in RoI order
-    with torch.no_grad():
-        dev = input.device
-        idx, wts = [], []
-        pair_start = torch.zeros(K, dtype=torch.int64, device=dev)   # of each RoI's pairs, in group order
-        bag_size = torch.zeros(K, dtype=torch.int64, device=dev)     # 0 for RoIs without sample points
-        base = 0
-        for c_ids, G, Gw in groups:
-            i, w = _bags(c_ids, batch, x1, y1, bin_h, bin_w, gh, gw, G, Gw, oh, ow, H, W, index_dtype)
-            # the mean over the bin's points: 1 / count folded into the weights
-            w = w.view(c_ids.shape[0], -1) / count[c_ids].to(w.dtype)[:, None]
-            per_roi = oh * ow * 4 * G * Gw
-            pair_start[c_ids] = base + torch.arange(c_ids.shape[0], device=dev) * per_roi
-            bag_size[c_ids] = 4 * G * Gw
-            idx.append(i.reshape(-1))
-            wts.append(w.reshape(-1))
-            base += c_ids.shape[0] * per_roi
-        if groups:
-            idx, wts = torch.cat(idx), torch.cat(wts).to(table.dtype)
-            ordered = ids.shape[0] == K and bool(torch.equal(ids, torch.arange(K, device=dev)))
-            if not ordered:  # gather the pairs RoI by RoI
-                lengths = bag_size * (oh * ow)
-                new_start = torch.cumsum(lengths, 0) - lengths
-                perm = torch.arange(total, device=dev) + torch.repeat_interleave(
-                    pair_start - new_start, lengths, output_size=total)
-                idx, wts = idx[perm], wts[perm]
-            sizes = bag_size.repeat_interleave(oh * ow)
-            offsets = (torch.cumsum(sizes, 0) - sizes).to(index_dtype)
-    if groups:
+    if groups:  # one embedding_bag over every group (one gradient of the table in backward)
+        idx, wts, offsets = _weighted_pairs(geo, ids, groups, K, oh, ow, H, W, total, index_dtype, table.dtype)
         out = _WeightedBags.apply(table, idx, offsets, wts)
     else:
         out = table.new_zeros((K * oh * ow, C))
-    out = out.view(K, oh, ow, C)
-    out = out.permute(0, 3, 1, 2).contiguous()
+    out = out.view(K, oh, ow, C).permute(0, 3, 1, 2).contiguous()
     return out.to(input.dtype) if low_precision else out
 
 
