@@ -82,45 +82,32 @@ def run(args) -> int:
     return generate(args)
 
 
-def generate(args) -> int:
-    import sys
-    from pathlib import Path
-
-    import torch
-    import torch.nn.functional as F
-
-    from vitlab.checkpoints.atomic import atomic_torch_save, atomic_write_json
-    from vitlab.cli.common import load_model, set_threads
-    from vitlab.data.folder import find_classes, scan_images
-    from vitlab.data.token_labels import FORMAT, label_file, read_meta, topk_record
-
-    if not args.data or not args.output:
-        raise VitlabError("token-labels generate needs --data ROOT and -o OUT")
-    set_threads(args.threads)
-    if args.topk < 1:
-        raise VitlabError(f"--topk must be at least 1, got {args.topk}")
-    root, out = _train_root(args.data), Path(args.output)
-    classes = find_classes(root)
-    samples = scan_images(root, classes)
+def _teacher(args):
+    """The teacher on its device, with its input size, channels, mean / std and class count."""
+    from vitlab.cli.common import load_model
+    from vitlab.data.transforms import match_channels
+    from vitlab.engine.distributed import DistInfo
+    from vitlab.engine.runtime import resolve_device
+    from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
     overrides = {k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v}
     model = load_model(args.teacher, args.checkpoint, **overrides)
-    device = torch.device("cuda" if args.device in (None, "auto") and torch.cuda.is_available()
-                          else ("cpu" if args.device in (None, "auto") else args.device))
+    device = resolve_device(args.device or "auto", DistInfo())
     model.to(device).eval()
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     in_chans, _, size = tuple(cfg.get("input_size", (3, 224, 224)))[-3:]
-    size = args.img_size or size
-    from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
-    from vitlab.data.transforms import match_channels
-    mean = match_channels(cfg.get("mean", IMAGENET_MEAN), in_chans)
-    std = match_channels(cfg.get("std", IMAGENET_STD), in_chans)
-    k_teacher = int(getattr(model, "num_classes", 0) or 0)
-    if k_teacher and args.topk > k_teacher:
-        raise VitlabError(f"--topk {args.topk} is more than the teacher's {k_teacher} classes")
-    meta = {"format": FORMAT, "layout": "(2, topk, h, w) float16: [0] top-k logits, [1] class indices",
-            "teacher": str(args.teacher), "checkpoint": args.checkpoint, "num_classes": k_teacher,
-            "classes": classes, "topk": args.topk, "size": args.size, "input_size": [in_chans, size, size],
-            "images": len(samples)}
+    prep = dict(size=args.img_size or size, in_chans=in_chans, mean=match_channels(cfg.get("mean", IMAGENET_MEAN),
+                in_chans), std=match_channels(cfg.get("std", IMAGENET_STD), in_chans),
+                interpolation=cfg.get("interpolation", "bicubic"))
+    k = int(getattr(model, "num_classes", 0) or 0)
+    if k and args.topk > k:
+        raise VitlabError(f"--topk {args.topk} is more than the teacher's {k} classes")
+    return model, device, prep, k
+
+
+def _claim_output(out, meta: dict) -> None:
+    """Write ``token_labels.json``; an existing folder made with other settings is refused."""
+    from vitlab.checkpoints.atomic import atomic_write_json
+    from vitlab.data.token_labels import read_meta
     old = read_meta(out)
     if old is not None:
         keys = ("teacher", "checkpoint", "num_classes", "classes", "topk", "size", "input_size")
@@ -129,12 +116,18 @@ def generate(args) -> int:
             raise VitlabError(f"{out} holds token labels made with other settings ({', '.join(diff)} differ); "
                               f"use another -o")
     atomic_write_json(out / "token_labels.json", meta)
-    todo = [p for p, _ in samples if not label_file(out, p).is_file()]
-    print(f"teacher {args.teacher} ({k_teacher} classes) on {device}: {len(samples)} images in {root}, "
-          f"{len(samples) - len(todo)} already labelled, {len(todo)} to do -> {out}", flush=True)
-    if not todo:
-        return 0
-    data = _Images(todo, size, in_chans, mean, std, cfg.get("interpolation", "bicubic"))
+
+
+def _label_images(args, model, device, prep: dict, todo: list, out) -> tuple[int, tuple, tuple]:
+    """Run the teacher over ``todo`` and write one top-k file per image: (count, teacher grid, file grid)."""
+    import sys
+
+    import torch
+    import torch.nn.functional as F
+
+    from vitlab.checkpoints.atomic import atomic_torch_save
+    from vitlab.data.token_labels import label_file, topk_record
+    data = _Images(todo, prep["size"], prep["in_chans"], prep["mean"], prep["std"], prep["interpolation"])
     bs = args.batch_size or 64
     loader = torch.utils.data.DataLoader(data, batch_size=bs, num_workers=args.workers or 0)
     bar = None
@@ -142,7 +135,7 @@ def generate(args) -> int:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), unit="img", desc="token labels", dynamic_ncols=True)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    done, grid = 0, None
+    done, grid, records = 0, None, None
     with torch.inference_mode():
         for x, idx in loader:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -160,7 +153,36 @@ def generate(args) -> int:
                 print(f"{done}/{len(todo)} images", flush=True)
     if bar is not None:
         bar.close()
-    h, w = records.shape[-2:]
+    return done, grid, tuple(records.shape[-2:])
+
+
+def generate(args) -> int:
+    from pathlib import Path
+
+    from vitlab.cli.common import set_threads
+    from vitlab.data.folder import find_classes, scan_images
+    from vitlab.data.token_labels import FORMAT, label_file
+
+    if not args.data or not args.output:
+        raise VitlabError("token-labels generate needs --data ROOT and -o OUT")
+    set_threads(args.threads)
+    if args.topk < 1:
+        raise VitlabError(f"--topk must be at least 1, got {args.topk}")
+    root, out = _train_root(args.data), Path(args.output)
+    classes = find_classes(root)
+    samples = scan_images(root, classes)
+    model, device, prep, k_teacher = _teacher(args)
+    meta = {"format": FORMAT, "layout": "(2, topk, h, w) float16: [0] top-k logits, [1] class indices",
+            "teacher": str(args.teacher), "checkpoint": args.checkpoint, "num_classes": k_teacher,
+            "classes": classes, "topk": args.topk, "size": args.size,
+            "input_size": [prep["in_chans"], prep["size"], prep["size"]], "images": len(samples)}
+    _claim_output(out, meta)
+    todo = [p for p, _ in samples if not label_file(out, p).is_file()]
+    print(f"teacher {args.teacher} ({k_teacher} classes) on {device}: {len(samples)} images in {root}, "
+          f"{len(samples) - len(todo)} already labelled, {len(todo)} to do -> {out}", flush=True)
+    if not todo:
+        return 0
+    done, grid, (h, w) = _label_images(args, model, device, prep, todo, out)
     print(f"wrote {done} files of shape (2, {args.topk}, {h}, {w}) (teacher grid {grid[0]}x{grid[1]}) -> {out}",
           flush=True)
     return 0
