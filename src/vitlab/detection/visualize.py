@@ -114,55 +114,69 @@ def render_detections(image, boxes=None, labels=None, scores=None, masks=None, k
     line = max(1, round(min(H, W) / 250))
     font = _font(max(9, min(16, round(min(H, W) / 32))))
 
-    def tag(x, y, text, fill):
-        l, t, r, b = draw.textbbox((0, 0), text, font=font)
-        tw, th = r - l, b - t
-        x = int(min(max(x, 0), max(W - tw - 4, 0)))
-        y = int(y - th - 4) if y - th - 4 >= 0 else int(y)
-        draw.rectangle([x, y, x + tw + 4, y + th + 4], fill=(*fill, 200))
-        draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=font)
-
     if boxes is not None:
-        for i in np.flatnonzero(keep):
-            x1, y1, x2, y2 = (float(v) for v in boxes[i][:4])
-            c = tuple(int(v) for v in colors[labels[i]])
-            draw.rectangle([x1, y1, x2, y2], outline=c, width=line)
-            text = names[labels[i]] if labels[i] < len(names) else str(labels[i])
-            if scores is not None:
-                text += f" {float(scores[i]):.2f}"
-            tag(x1, y1, text, c)
+        _draw_boxes(draw, font, line, boxes, labels, scores, keep, names, colors)
     if keypoints is not None:
-        r = max(2, line + 1)
-        for i in np.flatnonzero(keep):
-            kp = keypoints[i]
-            ok = kp[:, 2] > kpt_thr
-            for a, b in skeleton:
-                if a < len(kp) and b < len(kp) and ok[a] and ok[b]:
-                    draw.line([(float(kp[a, 0]), float(kp[a, 1])), (float(kp[b, 0]), float(kp[b, 1]))],
-                              fill=(*_kpt_color(b), 230), width=line + 1)
-            for j in np.flatnonzero(ok):
-                x, y = float(kp[j, 0]), float(kp[j, 1])
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=_kpt_color(j), outline=(0, 0, 0))
+        _draw_keypoints(draw, line, keypoints, keep, kpt_thr, skeleton)
     rows = _legend_rows(labels[keep], names, colors) if legend and (boxes is not None or masks is not None) else []
     if legend and header and keypoints is not None:   # in the band only: on the image it would cover joints
         rows += KEYPOINT_LEGEND
     if header:
         return stack_header(np.asarray(canvas), title, rows)
     if rows:
-        sizes = [draw.textbbox((0, 0), t, font=font) for t, _ in rows]
-        th = max(b - t for _, t, _, b in sizes)
-        tw = max(r - l for l, _, r, _ in sizes)
-        x0 = max(W - tw - th - 12, 0)
-        draw.rectangle([x0, 0, W - 1, len(rows) * (th + 4) + 4], fill=(0, 0, 0, 150))
-        for row, ((text, c), (l, t, _, _)) in enumerate(zip(rows, sizes)):
-            y = 4 + row * (th + 4)
-            draw.rectangle([x0 + 4, y, x0 + 4 + th, y + th], fill=c)
-            draw.text((x0 + 8 + th - l, y - t), text, fill=(255, 255, 255), font=font)
+        _draw_legend_corner(draw, font, rows)
     if title:
         l, t, r, b = draw.textbbox((0, 0), title, font=font)
         draw.rectangle([0, 0, min(r - l + 8, W - 1), b - t + 8], fill=(0, 0, 0, 160))
         draw.text((4 - l, 4 - t), title, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
+
+
+def _draw_boxes(draw, font, line: int, boxes, labels, scores, keep, names, colors) -> None:
+    """Each kept box in its class colour with a ``"name 0.87"`` tag above it (inside the image)."""
+    W = draw.im.size[0]
+    for i in np.flatnonzero(keep):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i][:4])
+        c = tuple(int(v) for v in colors[labels[i]])
+        draw.rectangle([x1, y1, x2, y2], outline=c, width=line)
+        text = names[labels[i]] if labels[i] < len(names) else str(labels[i])
+        if scores is not None:
+            text += f" {float(scores[i]):.2f}"
+        l, t, r, b = draw.textbbox((0, 0), text, font=font)
+        tw, th = r - l, b - t
+        x = int(min(max(x1, 0), max(W - tw - 4, 0)))
+        y = int(y1 - th - 4) if y1 - th - 4 >= 0 else int(y1)
+        draw.rectangle([x, y, x + tw + 4, y + th + 4], fill=(*c, 200))
+        draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=font)
+
+
+def _draw_keypoints(draw, line: int, keypoints, keep, kpt_thr: float, skeleton) -> None:
+    """Joints above ``kpt_thr`` as dots (coloured by body side), joined by the skeleton's limbs."""
+    r = max(2, line + 1)
+    for i in np.flatnonzero(keep):
+        kp = keypoints[i]
+        ok = kp[:, 2] > kpt_thr
+        for a, b in skeleton:
+            if a < len(kp) and b < len(kp) and ok[a] and ok[b]:
+                draw.line([(float(kp[a, 0]), float(kp[a, 1])), (float(kp[b, 0]), float(kp[b, 1]))],
+                          fill=(*_kpt_color(b), 230), width=line + 1)
+        for j in np.flatnonzero(ok):
+            x, y = float(kp[j, 0]), float(kp[j, 1])
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=_kpt_color(j), outline=(0, 0, 0))
+
+
+def _draw_legend_corner(draw, font, rows) -> None:
+    """The legend chips on a dark box in the image's top-right corner."""
+    W = draw.im.size[0]
+    sizes = [draw.textbbox((0, 0), t, font=font) for t, _ in rows]
+    th = max(b - t for _, t, _, b in sizes)
+    tw = max(r - l for l, _, r, _ in sizes)
+    x0 = max(W - tw - th - 12, 0)
+    draw.rectangle([x0, 0, W - 1, len(rows) * (th + 4) + 4], fill=(0, 0, 0, 150))
+    for row, ((text, c), (l, t, _, _)) in enumerate(zip(rows, sizes)):
+        y = 4 + row * (th + 4)
+        draw.rectangle([x0 + 4, y, x0 + 4 + th, y + th], fill=c)
+        draw.text((x0 + 8 + th - l, y - t), text, fill=(255, 255, 255), font=font)
 
 
 def _legend_rows(labels: np.ndarray, names: list[str], colors: np.ndarray) -> list[tuple[str, tuple]]:
