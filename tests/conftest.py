@@ -27,3 +27,25 @@ def require_fixtures():
     if not FIXTURES.is_dir():
         pytest.skip(f"parity fixtures not found at {FIXTURES} (set VITLAB_FIXTURES)")
     return FIXTURES
+
+
+TORCHVISION_STUB = ROOT.parent / "shared" / "torchvision_stub"
+
+
+def import_timm():
+    """timm itself, with the stand-in torchvision beside the repository on the path (vitlab never imports
+    torchvision); skips the test where timm cannot be imported."""
+    import sys
+    if TORCHVISION_STUB.is_dir() and str(TORCHVISION_STUB) not in sys.path:
+        sys.path.append(str(TORCHVISION_STUB))  # appended: a real torchvision, if any, still wins
+    try:
+        import timm
+        import timm.data.auto_augment  # noqa: F401 - the submodules the tests use
+    except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to load
+        pytest.skip(f"timm cannot be imported here ({type(e).__name__}: {str(e)[:120]})")
+    return timm
+
+
+@pytest.fixture
+def real_timm():
+    return import_timm()

@@ -2,8 +2,6 @@
 function, and every op applied to the same image (timm on PIL, vitlab on a tensor)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ import torch
 from vitlab.data import randaugment as ra
 from vitlab.data.randaugment import OPS, RAND_OPS, RAND_OPS_INCREASING, RandAugment
 
-TORCHVISION_STUB = Path(__file__).resolve().parents[2] / "shared" / "torchvision_stub"
 SPECS = ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-m7-n2", "rand-m9-n3-mstd0.5-inc1-p1.0",
          "rand-m12-mmax15-mstd1", "rand-mstd101", "rand-n1", "rand-inc0-m5"]
 LEVELS = [0.0, 2.4, 2.5, 3.0, 4.99, 6.3, 9.0, 10.0]
@@ -22,13 +19,8 @@ GEOMETRIC = sorted(ra.GEOMETRIC)
 
 @pytest.fixture(scope="module")
 def aa():
-    if TORCHVISION_STUB.is_dir() and str(TORCHVISION_STUB) not in sys.path:
-        sys.path.append(str(TORCHVISION_STUB))  # appended: a real torchvision, if any, still wins
-    try:
-        from timm.data import auto_augment
-    except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to load
-        pytest.skip(f"timm cannot be imported here ({type(e).__name__}: {str(e)[:120]})")
-    return auto_augment
+    from conftest import import_timm
+    return import_timm().data.auto_augment
 
 
 def _array(h=36, w=44, seed=0):

@@ -1,7 +1,6 @@
 """timm interop: vitlab variants registered in timm's registry as ``vitlab_<name>``."""
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -64,22 +63,8 @@ def test_register_without_timm_says_what_is_missing(monkeypatch):
 
 
 # --- with the real timm (it needs torchvision; skipped where that cannot import) ---------------
-TORCHVISION_STUB = Path(__file__).resolve().parents[2] / "shared" / "torchvision_stub"
-
-
-def _real_timm():
-    """timm itself, with the stand-in torchvision beside the repository (vitlab never imports torchvision)."""
-    if TORCHVISION_STUB.is_dir() and str(TORCHVISION_STUB) not in sys.path:
-        sys.path.append(str(TORCHVISION_STUB))      # appended: a real torchvision, if any, still wins
-    try:
-        import timm
-    except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing to load
-        pytest.skip(f"timm cannot be imported here ({type(e).__name__}: {str(e)[:120]})")
-    return timm
-
-
-def test_timm_create_model_builds_vitlab_models():
-    timm = _real_timm()
+def test_timm_create_model_builds_vitlab_models(real_timm):
+    timm = real_timm
     vitlab_timm.register()
     assert "vitlab_uniformer_small" in timm.list_models("vitlab_*")
     model = timm.create_model("vitlab_volo_micro", num_classes=7)
@@ -90,8 +75,8 @@ def test_timm_create_model_builds_vitlab_models():
         assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
 
-def test_timm_checkpoint_path_loads_vitlab_weights(tmp_path):
-    timm = _real_timm()
+def test_timm_checkpoint_path_loads_vitlab_weights(tmp_path, real_timm):
+    timm = real_timm
     vitlab_timm.register("volo_micro")
     source = vitlab.create_model("volo_micro", num_classes=3).eval()
     torch.save(source.state_dict(), tmp_path / "w.pth")

@@ -4,7 +4,6 @@ create_transform. All on the micro variants; the timm comparison runs only where
 import logging
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ LIGHT_MICRO = dict(depth=[1, 1, 3, 2], conv_stem=True, embed_dim=[16, 32, 64, 96
 # (name, kwargs, input side) for one small model of every classification family
 FAMILIES = [("volo_micro", {}, 64), ("pale_micro", {}, 64), ("uniformer_micro", {}, 64),
             ("uniformer_light", LIGHT_MICRO, 64), ("swin_micro", {}, 32), ("vit_micro", {}, 64)]
-TORCHVISION_STUB = Path(__file__).resolve().parents[2] / "shared" / "torchvision_stub"
 
 
 @pytest.mark.parametrize("name, kwargs, side", FAMILIES, ids=[f[0] for f in FAMILIES])
@@ -225,10 +223,8 @@ def test_data_config_args_override_and_errors():
         vitlab.create_transform(64, use_prefetcher=True)
 
 
-def test_data_config_and_feature_info_agree_with_timm(monkeypatch):
-    if TORCHVISION_STUB.is_dir():
-        monkeypatch.syspath_prepend(str(TORCHVISION_STUB))
-    timm = pytest.importorskip("timm")
+def test_data_config_and_feature_info_agree_with_timm(real_timm):
+    timm = real_timm
     from timm.models._features import FeatureInfo as TimmFeatureInfo
     timm_cfg = timm.models.get_pretrained_cfg("volo_d1_224").to_dict()
     ours = vitlab.resolve_data_config(model=vitlab.models.registry.build_without_weights("volo_d1"))
