@@ -258,11 +258,12 @@ def test_micro_segvit_learns_texture_scenes(tmp_path):
     assert result["mIoU"] > 35.0 and result["aAcc"] > 50.0 and math.isfinite(result["mAcc"])
 
 
-@pytest.mark.parametrize("name", ["segvit_micro", "upernet_micro", "semantic_fpn_micro"])
+@pytest.mark.parametrize("name", ["segvit_micro", "upernet_micro", "semantic_fpn_micro", "mask_rcnn_micro",
+                                  "topdown_micro"])
 def test_drop_path_reaches_the_segmentors_encoder(name):
-    """--drop-path sets the encoder's stochastic depth of every segmentation family (it raised a TypeError)."""
+    """model.drop_path sets the encoder's stochastic depth of every wrapper family (segmentors raised a TypeError)."""
     import vitlab
-    from vitlab.tasks.segmentation import with_backbone_drop_path
-    model = vitlab.create_model(name, **with_backbone_drop_path(name, {}, 0.3))
+    from vitlab.models.registry import with_drop_path
+    model = vitlab.create_model(name, **with_drop_path(name, {}, 0.3))
     rates = [m.drop_prob for m in model.backbone.modules() if hasattr(m, "drop_prob")]
     assert rates and max(rates) == pytest.approx(0.3, abs=0.05)

@@ -236,3 +236,20 @@ def build_without_weights(name: str, **kwargs) -> nn.Module:
 
 def family_of(name: str) -> str:
     return get_entry(name).family
+
+
+# where a family takes its encoder's stochastic depth: wrappers name their backbone's keyword dict
+_BACKBONE_KWARGS = {"segvit": "backbone", "upernet": "backbone_kwargs", "semantic_fpn": "backbone_kwargs",
+                    "mask_rcnn": "backbone_kwargs", "cascade_mask_rcnn": "backbone_kwargs",
+                    "topdown_pose": "backbone_kwargs"}
+
+
+def with_drop_path(name: str, kwargs: dict, rate: float) -> dict:
+    """``kwargs`` with the stochastic-depth rate ``model.drop_path`` where ``name``'s family takes it:
+    ``drop_path_rate`` for backbones, inside the backbone's keyword dict for segmentors, detectors and
+    pose models (SegViT: its mmseg ``backbone`` dict)."""
+    key = _BACKBONE_KWARGS.get(family_of(name))
+    if key is None:
+        return {**kwargs, "drop_path_rate": rate}
+    return {**kwargs, key: {**(kwargs.get(key) or {}), "drop_path_rate": rate}}
+

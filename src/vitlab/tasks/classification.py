@@ -95,7 +95,8 @@ def build_classifier(cfg: dict, num_classes: int, kwargs: dict) -> nn.Module:
                           f"{cfg['data']['name']!r} has {num_classes} classes; leave num_classes out (the head "
                           f"is sized from the data)")
     if mcfg["drop_path"] is not None:
-        kwargs["drop_path_rate"] = mcfg["drop_path"]
+        from vitlab.models.registry import with_drop_path
+        kwargs = with_drop_path(mcfg["name"], kwargs, mcfg["drop_path"])
     if cfg["aug"]["mix_token"]:
         kwargs["mix_token"] = True
     model = create_model(mcfg["name"], num_classes=num_classes, **kwargs)

@@ -180,7 +180,8 @@ class DetectionTask(Task):
             raise ConfigError(f"model.kwargs.num_classes={cfg['model']['kwargs']['num_classes']} but the data has {k} "
                               f"categories; leave num_classes out (the heads are sized from the data)")
         if cfg["model"]["drop_path"] is not None:
-            kwargs["backbone_kwargs"] = {**kwargs.get("backbone_kwargs", {}), "drop_path_rate": cfg["model"]["drop_path"]}
+            from vitlab.models.registry import with_drop_path
+            kwargs = with_drop_path(cfg["model"]["name"], kwargs, cfg["model"]["drop_path"])
         self.model = vitlab.create_model(cfg["model"]["name"], num_classes=k, **kwargs)
         load_initial_weights(self.model, cfg["model"]["pretrained"], cfg["det"]["backbone_weights"], session.log)
         self.class_names = list(self.train_set.class_names)

@@ -105,7 +105,8 @@ class PoseTask(Task):
         p, m = cfg["pose"], cfg["model"]
         kwargs = dict(m["kwargs"])
         if m["drop_path"] is not None:
-            kwargs["backbone_kwargs"] = {**kwargs.get("backbone_kwargs", {}), "drop_path_rate": m["drop_path"]}
+            from vitlab.models.registry import with_drop_path
+            kwargs = with_drop_path(m["name"], kwargs, m["drop_path"])
         self.model = vitlab.create_model(m["name"], num_keypoints=self.train_set.num_keypoints,
                                          input_size=list(p["input_size"]), **kwargs)
         load_initial_weights(self.model, m["pretrained"], p["backbone_weights"], session.log)

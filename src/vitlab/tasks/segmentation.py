@@ -68,16 +68,6 @@ def resolve_data_root(cfg: dict) -> tuple[Path, str | None]:
     return root, layout
 
 
-def with_backbone_drop_path(name: str, kwargs: dict, rate: float) -> dict:
-    """``model.drop_path`` for a segmentor: the encoder's stochastic depth, where the family takes it
-    (SegViT: the mmseg ``backbone`` dict; UperNet / Semantic FPN: ``backbone_kwargs``)."""
-    from vitlab.models.registry import family_of
-    key = {"segvit": "backbone", "upernet": "backbone_kwargs", "semantic_fpn": "backbone_kwargs"}.get(family_of(name))
-    if key is None:
-        return {**kwargs, "drop_path_rate": rate}
-    return {**kwargs, key: {**(kwargs.get(key) or {}), "drop_path_rate": rate}}
-
-
 def segmentation_sets(cfg: dict, mean, std, train: bool = True):
     """(train or None, val) :class:`SegmentationFolder` s; ``cfg['seg']`` gets the resolved class count and labels."""
     from vitlab.data.segmentation import SegAugment, SegmentationFolder
@@ -183,7 +173,8 @@ class SegmentationTask(Task):
             raise ConfigError(f"model.kwargs.num_classes={cfg['model']['kwargs']['num_classes']} but the data has {k} "
                               f"classes; leave num_classes out (the head is sized from the data)")
         if cfg["model"]["drop_path"] is not None:
-            kwargs = with_backbone_drop_path(cfg["model"]["name"], kwargs, cfg["model"]["drop_path"])
+            from vitlab.models.registry import with_drop_path
+            kwargs = with_drop_path(cfg["model"]["name"], kwargs, cfg["model"]["drop_path"])
         self.model = vitlab.create_model(cfg["model"]["name"], num_classes=k, **kwargs)
         for source, target, strict in ((cfg["model"]["pretrained"], self.model, False),
                                        (cfg["seg"]["backbone_weights"], self.model.backbone, False)):
