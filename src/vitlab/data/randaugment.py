@@ -96,20 +96,30 @@ def affine(img: torch.Tensor, data, fill=FILL, interpolation: str = "bilinear") 
     x, y = x.long(), y.long()
     flat = src.reshape(c, h * w)
     taps = (0, 1) if interpolation == "bilinear" else (-1, 0, 1, 2)
-    cols = {i: (x + i).clamp_(0, w - 1) for i in taps}  # edge pixels repeat (PIL's XCLIP / YCLIP)
-    rows_at = {j: (y + j).clamp_(0, h - 1) * w for j in taps}
+    # An axis the map leaves alone (x_in = x or y_in = y exactly: shears and translations) samples at whole
+    # pixels, so its weights are exactly (1, 0, ...): only the centre tap is gathered, same values, fewer ops.
+    x_taps = (0,) if (a, b, c0) == (1.0, 0.0, 0.0) else taps
+    y_taps = (0,) if (d, e, f) == (0.0, 1.0, 0.0) else taps
+    cols = {i: (x + i).clamp_(0, w - 1) for i in x_taps}  # edge pixels repeat (PIL's XCLIP / YCLIP)
+    rows_at = {j: (y + j).clamp_(0, h - 1) * w for j in y_taps}
 
     def at(j, i):
         return flat.index_select(1, (rows_at[j] + cols[i]).flatten()).view(c, h, w)
 
-    if interpolation == "bilinear":
-        rows = []
-        for j in taps:
+    def along_x(j):
+        if len(x_taps) == 1:
+            return at(j, 0)
+        if interpolation == "bilinear":
             left = at(j, 0)
-            rows.append(left + (at(j, 1) - left) * dx)
+            return left + (at(j, 1) - left) * dx
+        return _cubic(*(at(j, i) for i in taps), dx)
+
+    rows = [along_x(j) for j in y_taps]
+    if len(y_taps) == 1:
+        out = rows[0]
+    elif interpolation == "bilinear":
         out = rows[0] + (rows[1] - rows[0]) * dy
     else:
-        rows = [_cubic(*(at(j, i) for i in taps), dx) for j in taps]
         out = _cubic(*rows, dy)
     out = torch.where(inside, out, _fill_values(fill, c, img).to(work).expand(c, h, w))
     if _is_u8(img):
