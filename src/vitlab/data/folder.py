@@ -14,8 +14,12 @@ returns the ``"path: reason"`` lines, so the run reports which files it skipped 
 crashing.
 
 :func:`load_image` scales high-bit-depth images to 8 bits before converting them to the
-requested mode: 16-bit data (``I;16*``, and ``I`` whose values fit in 16 bits) by 1/257, larger
+requested mode (:func:`decoded`): 16-bit data (``I;16*``, and ``I`` whose values fit in 16 bits) by 1/257, larger
 ``I`` values by their maximum, float ``F`` data in [0, 1] by 255 (and above 1 by its maximum).
+
+A training transform whose random-resized crop has ``draft=True`` (:func:`vitlab.data.jpeg.draft_plan`)
+decodes each JPEG itself: the crop box from the header size, the file at the largest reduction the
+box allows (:mod:`vitlab.data.jpeg`).
 """
 from __future__ import annotations
 
@@ -150,18 +154,30 @@ def load_image(path: str, mode: str = "RGB") -> np.ndarray:
     """
     from PIL import Image
     with Image.open(path) as im:
-        im.load()
-        if im.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
-            im = Image.fromarray(_to_8bit(np.asarray(im), im.mode), mode="L")
-        return np.array(im.convert(mode))
+        return np.array(decoded(im, mode))
+
+
+def decoded(im, mode: str = "RGB"):
+    """An opened Pillow image decoded and converted to ``mode`` (high-bit-depth data scaled to 8 bits first)."""
+    from PIL import Image
+    im.load()
+    if im.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
+        im = Image.fromarray(_to_8bit(np.asarray(im), im.mode), mode="L")
+    return im.convert(mode)
 
 
 def _load_sample(path: str, label: int, mode: str, transform: Callable | None, generator):
+    from .jpeg import draft_plan, load_resized_crop
+    plan = draft_plan(transform)
     try:
-        img = torch.from_numpy(load_image(path, mode))
+        if plan is not None:  # the transform's crop decodes the file (JPEG draft mode when the box allows)
+            crop, transform = plan
+            img = load_resized_crop(path, crop, generator, mode=mode).image
+        else:
+            img = torch.from_numpy(load_image(path, mode))
+            img = img.permute(2, 0, 1) if img.ndim == 3 else img.unsqueeze(0)
     except UNREADABLE_ERRORS as e:  # Pillow raises these for truncated/corrupt files
         return Skipped(path, f"{type(e).__name__}: {e}")
-    img = img.permute(2, 0, 1) if img.ndim == 3 else img.unsqueeze(0)
     if transform is not None:
         img = transform(img, generator)
     return img, label

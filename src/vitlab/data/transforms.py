@@ -5,6 +5,14 @@ Every transform is a callable ``t(img, generator=None) -> img`` on float ``(C, H
 sample's augmentation is a function of its seed: runs repeat exactly and resume exactly, whatever
 the number of loader workers. :func:`to_tensor` converts PIL images, NumPy arrays and uint8
 tensors first.
+
+:func:`build_train_transform` with ``output="uint8"`` is the fast variant (timm's loader does the same):
+the crop is resized by Pillow on uint8, RandAugment / colour jitter run as in the float pipeline and
+are rounded back to uint8, and normalisation and random erasing are left to the training device
+(:mod:`vitlab.data.device_prep`), in batch. The random draws are the same, in the same order, as the
+float pipeline's, so a sample gets the same crop, flip and RandAugment ops from the same seed. With
+``draft=True`` an image folder decodes JPEGs at 1/2, 1/4 or 1/8 scale when the crop allows it
+(:mod:`vitlab.data.jpeg`).
 """
 from __future__ import annotations
 
@@ -35,6 +43,28 @@ def to_tensor(img) -> torch.Tensor:
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {img.shape}")
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
     return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def to_uint8(img) -> torch.Tensor:
+    """PIL image / (H, W[, C]) array / (C, H, W) tensor -> uint8 (C, H, W).
+
+    Float input (in [0, 1]) is rounded to levels; other integer types are clipped to 0..255."""
+    if not isinstance(img, torch.Tensor):
+        arr = np.array(img)  # PIL -> array (a copy)
+        if arr.dtype == np.uint8:
+            return pil_to_uint8(arr)
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {arr.shape}")
+        img = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 2 else arr.transpose(2, 0, 1)))
+    t = img.unsqueeze(0) if img.ndim == 2 else img
+    if t.dtype == torch.uint8:
+        return t
+    return quantize(t) if t.is_floating_point() else t.clamp(0, 255).to(torch.uint8)
+
+
+def quantize(img: torch.Tensor) -> torch.Tensor:
+    """Float image in [0, 1] -> uint8 levels (rounded to nearest)."""
+    return img.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _rand(generator) -> float:
@@ -86,6 +116,51 @@ class ToTensor:
         return to_tensor(img)
 
 
+class ToUint8(ToTensor):
+    """:class:`ToTensor` with uint8 (C, H, W) out (the fast pipeline's first step; a conversion step like it)."""
+
+    def __call__(self, img, generator=None):
+        return to_uint8(img)
+
+
+class OnFloat:
+    """Run a float-image transform on a uint8 image: to [0, 1], ``transform``, rounded back to uint8."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img, generator=None):
+        if img.dtype != torch.uint8:
+            return self.transform(img, generator)
+        return quantize(self.transform(img.float().div(255.0), generator))
+
+    def __repr__(self) -> str:
+        return f"OnFloat({self.transform!r})"
+
+
+def pil_resized_crop(img: torch.Tensor, box, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize the region ``box = (left, top, right, bottom)`` (floats allowed) of a uint8 (C, H, W) image
+    to ``size = (h, w)`` with Pillow (antialiased when shrinking); 1- and 3-channel images."""
+    from PIL import Image
+    if img.dtype != torch.uint8 or img.shape[0] not in (1, 3):
+        raise ValueError(f"pil_resized_crop takes a uint8 1- or 3-channel image, got {img.dtype} {tuple(img.shape)}")
+    arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).contiguous().numpy()
+    out = Image.fromarray(arr).resize((size[1], size[0]), PIL_RESAMPLE[interpolation], box=tuple(box))
+    return pil_to_uint8(out)
+
+
+def pil_to_uint8(im) -> torch.Tensor:
+    """PIL image or uint8 (H, W[, C]) array -> uint8 (C, H, W) tensor (no float conversion)."""
+    arr = im if isinstance(im, np.ndarray) else np.array(im)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values
+
+
 class ToChannels:
     """Repeat a 1-channel image to ``n`` channels (or check the count matches)."""
 
@@ -98,17 +173,25 @@ class ToChannels:
         if img.shape[0] == 1:
             return img.expand(self.n, -1, -1).contiguous()
         if self.n == 1 and img.shape[0] == 3:
+            if img.dtype == torch.uint8:
+                return img.float().mean(0, keepdim=True).round_().to(torch.uint8)
             return img.mean(0, keepdim=True)
         raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {self.n} channels")
 
 
 class RandomResizedCrop:
-    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform), resize to ``size``."""
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform), resize to ``size``.
+
+    Float images are resized in torch; uint8 1- or 3-channel images by Pillow and stay uint8. ``draft``: an
+    image folder may decode a JPEG at reduced scale for this crop (:mod:`vitlab.data.jpeg`); the box is the
+    same either way.
+    """
 
     def __init__(self, size: int | tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", *, draft: bool = False):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.scale, self.ratio, self.interpolation = tuple(scale), tuple(ratio), interpolation
+        self.draft = draft
 
     def box(self, h: int, w: int, generator=None) -> tuple[int, int, int, int]:
         area = h * w
@@ -133,10 +216,16 @@ class RandomResizedCrop:
 
     def __call__(self, img, generator=None):
         top, left, ch, cw = self.box(img.shape[-2], img.shape[-1], generator)
+        if img.dtype == torch.uint8:
+            if img.shape[0] in (1, 3):
+                return pil_resized_crop(img, (left, top, left + cw, top + ch), self.size, self.interpolation)
+            crop = img[:, top:top + ch, left:left + cw].float().div(255.0)
+            return quantize(resize(crop, self.size, self.interpolation))
         return resize(img[:, top:top + ch, left:left + cw], self.size, self.interpolation)
 
     def __repr__(self) -> str:
-        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+        return (f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}"
+                + (", draft" if self.draft else "") + ")")
 
 
 class RandomHorizontalFlip:
@@ -263,20 +352,37 @@ class ResizeCenterCrop:
 def build_train_transform(img_size: int | tuple[int, int], mean, std, in_chans: int = 3, scale=(0.08, 1.0),
                           ratio=(3 / 4, 4 / 3), hflip: float = 0.5, color_jitter: float = 0.0,
                           auto_augment: str | None = None, reprob: float = 0.0, remode: str = "pixel",
-                          recount: int = 1, interpolation: str = "bicubic") -> Compose:
-    """timm-style training pipeline: random resized crop, flip, RandAugment or colour jitter, normalise, erase."""
+                          recount: int = 1, interpolation: str = "bicubic", *, output: str = "float",
+                          draft: bool = False) -> Compose:
+    """timm-style training pipeline: random resized crop, flip, RandAugment or colour jitter, normalise, erase.
+
+    ``output="uint8"``: the same draws, uint8 crops out, without normalising and erasing (the training
+    device does both, :class:`vitlab.data.device_prep.BatchPrep`); ``draft``: JPEG draft decoding in
+    image folders (uint8 output only).
+    """
     from .randaugment import RandAugment
-    steps = [ToTensor(), ToChannels(in_chans), RandomResizedCrop(img_size, scale, ratio, interpolation)]
+    if output not in ("float", "uint8"):
+        raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
+    if draft and output != "uint8":
+        raise ValueError("draft decoding needs output='uint8' (the crop is resized by Pillow on uint8)")
+    fast = output == "uint8"
+    steps = [ToUint8() if fast else ToTensor(), ToChannels(in_chans),
+             RandomResizedCrop(img_size, scale, ratio, interpolation, draft=draft)]
     if hflip > 0:
         steps.append(RandomHorizontalFlip(hflip))
+    colour = None
     if auto_augment:
         # timm's create_transform: fill with the mean colour, the train interpolation unless it is "random"
         hparams = {"fill": tuple(min(255, round(255 * float(v))) for v in mean)}
         if interpolation in ("bilinear", "bicubic"):
             hparams["interpolation"] = interpolation
-        steps.append(RandAugment.from_string(auto_augment, **hparams))
+        colour = RandAugment.from_string(auto_augment, **hparams)
     elif color_jitter > 0:
-        steps.append(ColorJitter(color_jitter, color_jitter, color_jitter))
+        colour = ColorJitter(color_jitter, color_jitter, color_jitter)
+    if colour is not None:
+        steps.append(OnFloat(colour) if fast else colour)
+    if fast:
+        return Compose(steps)
     steps.append(Normalize(mean, std))
     if reprob > 0:
         steps.append(RandomErasing(reprob, mode=remode, count=recount))
