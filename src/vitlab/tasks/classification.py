@@ -2,7 +2,10 @@
 
 Build: the dataset (``data.name``) with timm-style transforms from the model's ``pretrained_cfg``
 (random-resized crop, flip, RandAugment, colour jitter, random erasing; resize + centre crop for
-evaluation) and the model with a head for the dataset's classes. Step: Mixup/CutMix with label
+evaluation) and the model with a head for the dataset's classes. With ``aug.device_prep`` (off by
+default) the workers send uint8 crops (JPEGs decoded in draft mode when the crop allows,
+``aug.jpeg_draft``) and the step normalises and erases the batch on the device
+(:class:`~vitlab.data.device_prep.BatchPrep`, seeded per step). Step: Mixup/CutMix with label
 smoothing, then the loss of :func:`~vitlab.engine.losses.classification_loss` on the model's
 :meth:`forward_train` output (class token CE + ``loss.aux_weight`` x token CE for token-labeling
 models, with token-label maps when ``aug.token_labels`` names a folder of per-image maps, warped with each
@@ -33,6 +36,10 @@ AUG_SECTION = {
     "mixup": F(0.0, "float", low=0.0), "cutmix": F(0.0, "float", low=0.0),
     "mix_prob": F(1.0, "float", low=0.0, high=1.0), "switch_prob": F(0.5, "float", low=0.0, high=1.0),
     "smoothing": F(0.1, "float", low=0.0, high=1.0),
+    "device_prep": F(False, "bool", doc="workers send uint8 crops; normalisation and random erasing run on the "
+                                        "training device, in batch (false: float images from the workers)"),
+    "jpeg_draft": F(True, "bool", doc="decode JPEGs at 1/2, 1/4 or 1/8 scale when the random crop is at least that "
+                                      "many times the output in both sides (with device_prep)"),
     "mix_token": F(False, "bool", doc="MixToken (VOLO / token-labeling UniFormer)"),
     "token_labels": F(None, "str", optional=True, doc="folder of per-image (2, k, h, w) top-k maps (vitlab "
                                                    "token-labels generate) or one (N, K, h, w) file"),
@@ -70,7 +77,9 @@ def build_image_data(cfg: dict, splits=("train", "val"), pretrained_cfg: dict | 
     train_t = build_train_transform(img_size, mean, std, in_chans, scale=acfg["scale"], ratio=acfg["ratio"],
                                     hflip=acfg["hflip"], color_jitter=acfg["color_jitter"],
                                     auto_augment=acfg["auto_augment"], reprob=acfg["reprob"], remode=acfg["remode"],
-                                    recount=acfg["recount"], interpolation=acfg["interpolation"])
+                                    recount=acfg["recount"], interpolation=acfg["interpolation"],
+                                    output="uint8" if acfg["device_prep"] else "float",
+                                    draft=bool(acfg["device_prep"] and acfg["jpeg_draft"]))
     eval_t = build_eval_transform({**pre, "input_size": (in_chans, img_size, img_size)}, in_chans, mean, std,
                                   img_size, acfg["crop_pct"])
     name, root = parse_data_spec(dcfg["name"])
@@ -124,6 +133,20 @@ def load_fine_tune_weights(model: nn.Module, path):
     return load_checkpoint(model, path, strict=False, drop_classifier=True)
 
 
+def batch_prep(acfg: dict, resolved: dict):
+    """The device-side end of the uint8 pipeline: normalise with the resolved statistics, erase as ``aug`` says."""
+    from vitlab.data.device_prep import BatchPrep
+    return BatchPrep(mean=resolved["mean"], std=resolved["std"], reprob=acfg["reprob"], remode=acfg["remode"],
+                     recount=acfg["recount"])
+
+
+def prep_seed(session) -> int:
+    """Seed of a micro-batch's random erasing: a function of (run seed, step, micro-batch, rank), so a resumed
+    run erases the same boxes; independent of the Mixup stream."""
+    seq = np.random.SeedSequence([session.cfg["run"]["seed"], session.pos.step, session.micro, session.dist.rank, 7])
+    return int(seq.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 class TrainForward(nn.Module):
     """``forward(x) = model.forward_train(x)`` (token-labeling outputs), so DDP wraps the training call."""
 
@@ -164,6 +187,7 @@ class ClassificationTask(Task):
         self.model = build_classifier(cfg, k, self.resolved["model_kwargs"])
         a = cfg["aug"]
         self.mixup = Mixup(k, a["mixup"], a["cutmix"], a["mix_prob"], a["switch_prob"], a["smoothing"])
+        self.prep = batch_prep(a, self.resolved)
         self.info = {"dataset": cfg["data"]["name"], "classes": k, "train": len(bundle.train),
                      "val": len(bundle.val) if bundle.val is not None else 0,
                      **{key: v for key, v in bundle.info.items() if isinstance(v, (int, float, str))}}
@@ -191,6 +215,8 @@ class ClassificationTask(Task):
             else:
                 maps = maps.to(session.device, non_blocking=True)
         x, y = x.to(session.device, non_blocking=True), y.to(session.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # the fast pipeline's crops: normalise and erase here, in batch
+            x = self.prep(x, prep_seed(session))
         k = len(self.class_names)
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise DataError(f"labels must be in [0, {k - 1}], got {int(y.min())}..{int(y.max())}")
