@@ -30,7 +30,7 @@ from vitlab.detection.cascade import (CASCADE_4CONV1FC_BBOX_HEADS, CASCADE_ROI_H
 from vitlab.detection.mask_rcnn import RPN_HEAD, ROI_HEAD, TEST_CFG, TRAIN_CFG, MaskRCNN, merge_cfg
 from vitlab.detection.pyramid import SimpleFeaturePyramid
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
-from vitlab.models.registry import create_model, get_entry, register_family, register_model
+from vitlab.models.registry import create_model, get_entry, register_family, register_model, with_any_input_size
 
 DETECTION_INPUT_SIZE = (3, 800, 1333)
 DETECTION_FLOPS_SIZE = (3, 800, 1280)      # the size mmdetection's get_flops (and the papers' tables) count at
@@ -43,9 +43,7 @@ def build_backbone(name: str, kwargs: dict | None = None):
     if family == "uniformer":
         kwargs.setdefault("dense", True)
     elif family != "uniformer_dense":
-        kwargs.setdefault("num_classes", 0)
-        if family == "volo":
-            kwargs.setdefault("dynamic_img_size", True)
+        kwargs = with_any_input_size(name, {"num_classes": 0, **kwargs})
     model = create_model(name, **kwargs)
     if not getattr(model, "feature_info", None) or not hasattr(model, "forward_intermediates"):
         raise ValueError(f"backbone {name!r} declares no feature_info / forward_intermediates; it cannot feed "

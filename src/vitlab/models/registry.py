@@ -244,6 +244,17 @@ _BACKBONE_KWARGS = {"segvit": "backbone", "upernet": "backbone_kwargs", "semanti
                     "topdown_pose": "backbone_kwargs"}
 
 
+# families whose position embedding is fixed unless asked to interpolate it per input size
+_FIXED_SIZE_FAMILIES = {"volo": "dynamic_img_size"}
+
+
+def with_any_input_size(name: str, kwargs: dict) -> dict:
+    """``kwargs`` that let ``name`` take inputs of other sizes than ``img_size`` (VOLO interpolates its position
+    embedding with ``dynamic_img_size=True``; the other families already do); an explicit value is kept."""
+    key = _FIXED_SIZE_FAMILIES.get(family_of(name))
+    return {key: True, **kwargs} if key else dict(kwargs)
+
+
 def with_drop_path(name: str, kwargs: dict, rate: float) -> dict:
     """``kwargs`` with the stochastic-depth rate ``model.drop_path`` where ``name``'s family takes it:
     ``drop_path_rate`` for backbones, inside the backbone's keyword dict for segmentors, detectors and

@@ -1,7 +1,9 @@
 """EsViT: view-level and region-level self-distillation (Li et al., arXiv 2106.09785, Sec. 3).
 
-* :func:`build_esvit_network`: a Swin backbone whose ``head`` is a DINO head and ``head_dense`` a
-  second DINO head for region tokens, so ``state_dict()`` has the official checkpoint layout.
+* :func:`build_esvit_network`: a backbone whose ``head`` is a DINO head and ``head_dense`` a second DINO
+  head for region tokens, so ``state_dict()`` has the official checkpoint layout (for Swin). Any
+  multi-stage family works: :mod:`vitlab.ssl.region_tokens` reads the view feature and the region
+  tokens from its ``forward_features``.
 * :func:`multicrop_forward`: runs crops of equal resolution as one batch (consecutive groups, as
   the official ``forward(list)``) and returns ``(view_logits, region_logits, region_feats, npatch)``.
 * :func:`view_loss` (L_V, DINO's cross-entropy between teacher and student distributions) and
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.heads.dino import DINOHead
+from vitlab.ssl.region_tokens import split_features
 
 
 # --- network ------------------------------------------------------------------------------------
@@ -32,7 +35,8 @@ from vitlab.heads.dino import DINOHead
 def build_esvit_network(backbone: nn.Module, out_dim: int = 65536, norm_last_layer: bool = True,
                         hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3,
                         use_bn: bool = False, dense_head: bool = True) -> nn.Module:
-    """Attach the view head (``head``) and region head (``head_dense``) to a Swin backbone in place."""
+    """Attach the view head (``head``) and region head (``head_dense``) to a backbone in place (Swin as in the
+    paper; Pale, UniFormer, VOLO and ViT through :mod:`vitlab.ssl.region_tokens`)."""
     dim = backbone.num_features
     backbone.head = DINOHead(dim, out_dim, use_bn, norm_last_layer, nlayers, hidden_dim, bottleneck_dim)
     backbone.head_dense = (DINOHead(dim, out_dim, use_bn, norm_last_layer, nlayers, hidden_dim, bottleneck_dim)
@@ -62,9 +66,9 @@ def multicrop_forward(network: nn.Module, crops: list[torch.Tensor] | torch.Tens
         crops = [crops]
     pooled, feats, npatch = [], [], []
     for start, end in group_by_resolution(crops):
-        tokens = network.forward_features(torch.cat(crops[start:end]))
+        view, tokens, _ = split_features(network, torch.cat(crops[start:end]))
         b, n, c = tokens.shape
-        pooled.append(tokens.mean(1))
+        pooled.append(view)
         feats.append(tokens.reshape(b * n, c))
         npatch.append(n)
     pooled, feats = torch.cat(pooled), torch.cat(feats)

@@ -35,13 +35,13 @@ def _save(fig, path) -> None:
 @torch.no_grad()
 def region_matches(backbone, view_a: torch.Tensor, view_b: torch.Tensor, top: int = 10):
     """Top-``top`` (index_a, index_b, similarity) region pairs between two views (1, C, H, W) and the grids."""
+    from vitlab.ssl.region_tokens import split_features
     backbone.eval()
-    fa, fb = backbone.forward_features(view_a), backbone.forward_features(view_b)
-    sim = F.normalize(fa[0], dim=-1) @ F.normalize(fb[0], dim=-1).T          # Na, Nb
+    (_, fa, ga), (_, fb, gb) = split_features(backbone, view_a), split_features(backbone, view_b)
+    sim = F.normalize(fa[0], dim=-1) @ F.normalize(fb[0], dim=-1).mT         # Na, Nb
     best_b = sim.argmax(1)
     scores = sim.max(1).values
     order = scores.argsort(descending=True)[:top]
-    ga, gb = int(round(fa.shape[1] ** 0.5)), int(round(fb.shape[1] ** 0.5))
     return [(int(i), int(best_b[i]), float(scores[i])) for i in order], (ga, gb)
 
 
@@ -57,10 +57,12 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
         ax.imshow(_to_display(view[0], mean, std))
         ax.set_title(name)
         ax.axis("off")
-    sa, sb = view_a.shape[-1] / ga, view_b.shape[-1] / gb
+    (ha, wa), (hb, wb) = ga, gb
+    sa = (view_a.shape[-2] / ha, view_a.shape[-1] / wa)
+    sb = (view_b.shape[-2] / hb, view_b.shape[-1] / wb)
     for rank, (i, j, s) in enumerate(matches):
-        pa = ((i % ga + 0.5) * sa - 0.5, (i // ga + 0.5) * sa - 0.5)
-        pb = ((j % gb + 0.5) * sb - 0.5, (j // gb + 0.5) * sb - 0.5)
+        pa = ((i % wa + 0.5) * sa[1] - 0.5, (i // wa + 0.5) * sa[0] - 0.5)
+        pb = ((j % wb + 0.5) * sb[1] - 0.5, (j // wb + 0.5) * sb[0] - 0.5)
         color = plt.cm.viridis(rank / max(len(matches) - 1, 1))
         fig.add_artist(ConnectionPatch(pa, pb, "data", "data", axesA=axes[0], axesB=axes[1], color=color, lw=1.2))
         axes[0].plot(*pa, "o", color=color, ms=3, label=f"cos {s:.2f}")
@@ -69,7 +71,7 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
         fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False,
                    title="match (best first)", title_fontsize=7)
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features, {ga}x{ga} and {gb}x{gb} "
+    fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features, {ha}x{wa} and {hb}x{wb} "
                  f"token grids)", fontsize=9)
     fig.subplots_adjust(right=0.8)
     _save(fig, path)

@@ -115,9 +115,12 @@ class PretrainingTask(Task):
 
     def _networks(self, cfg: dict, device) -> None:
         import vitlab
+        from vitlab.models.registry import with_any_input_size
         from vitlab.ssl.esvit import EsViTLoss, build_esvit_network
         e, m = cfg["esvit"], cfg["model"]
         kwargs = {**m["kwargs"], "num_classes": 0, "in_chans": self.in_chans, "img_size": e["global_size"]}
+        if e["n_local"] and e["local_size"] != e["global_size"]:
+            kwargs = with_any_input_size(m["name"], kwargs)        # local crops are smaller than img_size
         heads = dict(out_dim=e["out_dim"], hidden_dim=e["head_hidden_dim"], bottleneck_dim=e["head_bottleneck_dim"],
                      use_bn=e["use_bn_in_head"], dense_head=e["loss"] == "view+region")
         self.backbone_kwargs = kwargs
@@ -223,7 +226,7 @@ class PretrainingTask(Task):
         return summary
 
     def figures(self, session, backbone) -> None:
-        """Region matches between two views of one image, and the last block's attention (PNG)."""
+        """Region matches between two views of one image (L_R runs), and the last block's attention (PNG)."""
         from vitlab.data.multicrop import MultiCropConfig, MultiCropTransform, apply_photometric
         from vitlab.ssl.visualize import attention_figure, region_correspondence_figure
         source = self.query_set if self.query_set is not None else self.train_set
@@ -234,8 +237,9 @@ class PretrainingTask(Task):
         views = [apply_photometric(c[None], {k: v[None] for k, v in p.items()}, self.mean, self.std, self.in_chans)
                  for c, p in zip(crops, params)]
         folder, name = session.out / "figures", f"{session.cfg['model']['name']} ({session.out.name})"
-        region_correspondence_figure(backbone, views[0], views[1], folder / "region_matches.png", self.mean, self.std,
-                                     title=name)
+        if session.cfg["esvit"]["loss"] == "view+region":   # the matches L_R trained on; a view-only run has none
+            region_correspondence_figure(backbone, views[0], views[1], folder / "region_matches.png", self.mean,
+                                         self.std, title=name)
         if hasattr(backbone, "last_attention"):
             whole = self.query_set[0][0][None] if self.query_set is not None else views[0]
             attention_figure(backbone, whole, folder / "attention.png", self.mean, self.std, title=name)
