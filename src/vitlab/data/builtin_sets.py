@@ -25,6 +25,10 @@
   ``info["val_source"]`` says which rule chose the evaluation set.
 * ``images``: ``--data images:PATH``, every image file under PATH without labels (self-supervised
   pretraining): the training set only.
+* ``texture-scenes``: the built-in segmentation scenes (:mod:`vitlab.data.synthetic_scenes`, 400 training
+  and 100 validation scenes of 128 px, written on first use; ``texture-scenes:PATH`` for another copy) as
+  an image set: RGB, each scene labelled by the texture that covers most of it (image-level k-NN and
+  pretraining; the segmentation task and the dense probe read the masks themselves).
 """
 from __future__ import annotations
 
@@ -151,3 +155,20 @@ def build_unlabelled_images(req: DataRequest) -> DatasetBundle:
     train = UnlabelledImageFolder(root, req.train_transform)
     return DatasetBundle(train=train, val=None, class_names=[], input_kind="image",
                          info={"root": str(root), "train_images": len(train)})
+
+
+def build_texture_scene_images(req: DataRequest) -> DatasetBundle:
+    from .synthetic_scenes import CLASS_NAMES, dominant_class, ensure_texture_scenes, read_split_arrays
+    root = ensure_texture_scenes(req.root or req.options.get("root"))
+    n = len(CLASS_NAMES)
+    train_imgs, train_masks = read_split_arrays(root, "training")
+    val_imgs, val_masks = read_split_arrays(root, "validation")
+    mean = tuple(float(v) for v in train_imgs.reshape(-1, 3).mean(0) / 255.0)
+    std = tuple(float(v) for v in train_imgs.reshape(-1, 3).std(0) / 255.0)
+    train = ArrayDataset(train_imgs, dominant_class(train_masks, n), n, req.train_transform) \
+        if "train" in req.splits else None
+    val = ArrayDataset(val_imgs, dominant_class(val_masks, n), n, req.eval_transform)
+    info = {"root": str(root), "train_images": len(train_imgs), "held_out_images": len(val_imgs),
+            "label": "dominant texture"}
+    return DatasetBundle(train=train, val=val, class_names=list(CLASS_NAMES), input_kind="image", in_chans=3,
+                         mean=mean, std=std, info=info)

@@ -42,6 +42,9 @@ BUILTIN_DATASETS: dict[str, tuple[str, str, str, str]] = {
                "an image folder: PATH/<class>/*.jpg, or PATH/train + PATH/val (ImageNet layout)"),
     "images": ("vitlab.data.builtin_sets", "build_unlabelled_images", "image",
                "every image under PATH, no labels (self-supervised pretraining)"),
+    "texture-scenes": ("vitlab.data.builtin_sets", "build_texture_scene_images", "image",
+                       "built-in texture-mosaic scenes (8 textures, 128 px), labelled by the dominant texture; "
+                       "the segmentation task reads their exact masks"),
     "video-folder": ("vitlab.data.video", "build_video_folder", "video",
                      "videos in PATH/{train,val}/<class>/ (or PATH/<class>/); options: num_frames, stride, sampling, "
                      "test_clips, test_crops, hflip"),

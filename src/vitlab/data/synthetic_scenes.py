@@ -123,3 +123,36 @@ def default_root() -> Path:
     """Where the built-in set is cached: ``$VITLAB_DATA/texture-scenes`` or ``~/.cache/vitlab/texture-scenes``."""
     base = os.environ.get("VITLAB_DATA") or Path.home() / ".cache" / "vitlab"
     return Path(base) / "texture-scenes"
+
+
+def ensure_texture_scenes(root: str | os.PathLike | None = None) -> Path:
+    """The set's folder (``root`` or :func:`default_root`), written with the default size on first use; an
+    existing set (any size / seed) is used as it is."""
+    root = Path(root or default_root())
+    if not (root / "dataset.json").is_file():
+        write_texture_scenes(root)
+    return root
+
+
+def read_split_arrays(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, H, W, 3) uint8, labels (N, H, W) int64)`` of one split (``training`` / ``validation``);
+    labels are class indices with 255 on the unlabelled borders (``reduce_zero_label`` applied)."""
+    from PIL import Image
+
+    from vitlab.errors import DataError
+    folder = Path(root) / "images" / split
+    names = sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+    if not names:
+        raise DataError(f"{folder}: no scene images (expected the texture-scenes layout, images/{split}/*.png)")
+    images, labels = [], []
+    for name in names:
+        images.append(np.asarray(Image.open(folder / name).convert("RGB")))
+        ann = np.asarray(Image.open(Path(root) / "annotations" / split / name), dtype=np.int64)
+        labels.append(np.where(ann == 0, 255, ann - 1))
+    return np.stack(images), np.stack(labels)
+
+
+def dominant_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N,) the class covering the most labelled pixels of each (N, H, W) label map (an image-level label)."""
+    counts = np.stack([(labels == c).reshape(len(labels), -1).sum(1) for c in range(num_classes)], 1)
+    return counts.argmax(1)

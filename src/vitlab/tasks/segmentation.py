@@ -52,13 +52,10 @@ def resolve_data_root(cfg: dict) -> tuple[Path, str | None]:
     ``folder:PATH`` / ``ade:PATH`` / ``PATH``.
     """
     from vitlab.data.seg_layouts import LAYOUTS
-    from vitlab.data.synthetic_scenes import default_root, write_texture_scenes
+    from vitlab.data.synthetic_scenes import ensure_texture_scenes
     name = cfg["data"]["name"]
     if name == "texture-scenes":
-        root = Path(cfg["seg"]["data_root"] or cfg["data"]["root"] or default_root())
-        if not (root / "dataset.json").is_file():  # an existing set (any size / seed) is used as it is
-            write_texture_scenes(root)
-        return root, None
+        return ensure_texture_scenes(cfg["seg"]["data_root"] or cfg["data"]["root"]), None
     prefix, _, rest = name.partition(":")
     layout = prefix if rest and prefix in LAYOUTS else None
     root = Path(rest if layout or (rest and prefix in ("folder", "ade")) else name)
