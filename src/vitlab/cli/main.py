@@ -23,6 +23,8 @@ from vitlab import __version__
 # (command, module in vitlab.cli); add a new command here
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("bench", "bench"),
+    ("correspondence", "correspondence"),
+    ("dense-probe", "dense_probe"),
     ("detect", "detect"),
     ("eval", "eval"),
     ("export", "export"),

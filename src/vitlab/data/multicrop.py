@@ -10,7 +10,8 @@ The work is split in two, so it is exact, fast and independent of the loader wor
 * :class:`MultiCropTransform` runs per sample in the DataLoader (a dataset's ``train_transform``):
   it takes random-resized crops from the *original* image (its own size and aspect ratio; crops
   resized with antialiasing, as PIL does) and draws every random photometric parameter, all from the
-  sample's own generator. It returns the crops in [0, 1] and the parameters.
+  sample's own generator. It returns the crops in [0, 1] and the parameters, with each crop's
+  geometry (box in the original image, flip) for the correspondence evaluator.
 * :func:`apply_photometric` applies the drawn parameters to a whole batch of crops at once, on the
   training device (a GPU does it in a few kernels), then normalises.
 """
@@ -77,6 +78,14 @@ def draw_photometric(cfg: MultiCropConfig, size: int, blur_p: float, solarize_p:
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
 
 
+def crop_geometry(top: int, left: int, h: int, w: int, flip: bool, image_hw) -> dict[str, torch.Tensor]:
+    """Where a crop came from: ``box`` (top, left, height, width) in the original image's pixels, ``flip``
+    (1 = mirrored after cropping) and ``image_hw``; what :mod:`vitlab.ssl.correspondence` needs to know which
+    tokens of two views show the same place."""
+    return {"box": torch.tensor([top, left, h, w], dtype=torch.float32), "flip": torch.tensor(float(flip)),
+            "image_hw": torch.tensor([float(image_hw[0]), float(image_hw[1])])}
+
+
 class MultiCropTransform:
     """``(image (C, H, W) uint8 or float, generator) -> (crops [(C, s, s) in [0, 1]], params [dict])``."""
 
@@ -94,10 +103,12 @@ class MultiCropTransform:
         for size, scale, blur_p, solarize_p in self.cfg.views():
             top, left, h, w = self._crops[tuple(scale)].box(x.shape[-2], x.shape[-1], generator)
             crop = resize(x[:, top:top + h, left:left + w], (size, size), "bilinear")
-            if float(torch.rand((), generator=generator)) < 0.5:
+            flip = float(torch.rand((), generator=generator)) < 0.5
+            if flip:
                 crop = crop.flip(-1)
             crops.append(crop.clamp_(0.0, 1.0))
-            params.append(draw_photometric(self.cfg, size, blur_p, solarize_p, generator))
+            params.append({**draw_photometric(self.cfg, size, blur_p, solarize_p, generator),
+                           **crop_geometry(top, left, h, w, flip, x.shape[-2:])})
         return crops, params
 
 

@@ -90,3 +90,16 @@ def eval_datasets(data: str, info: BackboneInfo, options: dict | None = None, se
         raise DataError(f"{data} has no labelled train and held-out splits (k-NN and the linear probe need one "
                         f"sub-folder per class, and PATH/train + PATH/val or a built-in set)")
     return bundle.train, bundle.val, list(bundle.class_names)
+
+
+def baseline_backbones(info: BackboneInfo, seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """The references a frozen-feature score needs beside it: the same architecture at random initialisation
+    and raw pixels as tokens (each token = its stride x stride patch, the stride of the last feature map)."""
+    from vitlab.ssl.dense_probe import PixelTokens
+    from vitlab.ssl.region_tokens import final_stride
+    name = getattr(info.backbone, "model_name", None)
+    kwargs = {k: v for k, v in getattr(info.backbone, "model_kwargs", {}).items() if k != "drop_path_rate"}
+    random = load_backbone(name, None, model_kwargs=kwargs, img_size=info.img_size, in_chans=info.in_chans, seed=seed)
+    stride = final_stride(info.backbone)
+    return [(f"{name} at random init", random.backbone), (f"raw pixels ({stride}x{stride} patches)",
+                                                          PixelTokens(stride))]

@@ -1,0 +1,54 @@
+"""``vitlab correspondence``: how well final-stage tokens of two augmented views of one image find each other
+(EsViT's correspondence analysis): accuracy of the best cosine match against the true token known from the
+crops' geometry, within one token, and the distance error in pixels; with ``--baselines`` the same network at
+random initialisation and raw pixels beside it."""
+from __future__ import annotations
+
+from .common import set_threads
+from .knn import add_evaluator_flags, backbone_from_args
+
+COMMAND = "correspondence"
+HELP = "region correspondence accuracy of frozen features (two views, known geometry)"
+
+
+def add_arguments(p) -> None:
+    add_evaluator_flags(p)
+    p.add_argument("--pairs", type=int, default=200, help="images (one pair of views each) from the held-out split")
+    p.add_argument("--no-photometric", action="store_true",
+                   help="crops and flips only (no colour jitter, blur, solarisation)")
+    p.add_argument("--baselines", action="store_true", help="also score random init and raw pixels")
+
+
+def run(args) -> int:
+    from vitlab.checkpoints.atomic import to_json
+    from vitlab.data.registry import DataRequest, build_dataset, parse_data_spec
+    from vitlab.engine.distributed import DistInfo
+    from vitlab.engine.runtime import resolve_device
+    from vitlab.ssl.correspondence import evaluate_correspondence
+    from vitlab.ssl.evaluation import baseline_backbones
+    set_threads(args.threads)
+    if args.pairs < 1:
+        raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
+    device = resolve_device(args.device or "auto", DistInfo())
+    info = backbone_from_args(args)
+    name, root = parse_data_spec(args.data)
+    options = {"held_out": args.held_out} if args.held_out else {}
+    images = build_dataset(DataRequest(name, root=root, seed=args.seed or 0, splits=("val",), options=options)).val
+    models = [(info.source, info.backbone)] + (baseline_backbones(info, args.seed or 0) if args.baselines else [])
+    rows = []
+    for label, backbone in models:
+        res = evaluate_correspondence(backbone.to(device), images, mean=info.mean, std=info.std,
+                                      in_chans=info.in_chans, view_size=info.img_size, pairs=args.pairs,
+                                      seed=args.seed or 0, photometric=not args.no_photometric, device=device,
+                                      batch_size=args.batch_size or 64)
+        rows.append({"features": label, **res})
+    if args.json:
+        print(to_json(rows, indent=1))
+        return 0
+    r0 = rows[0]
+    print(f"correspondence on {args.data}: {r0['pairs']} pairs of {info.img_size} px views, {r0['grid']} tokens, "
+          f"{r0['tokens']} scored tokens (chance {r0['chance']:.2f}%)")
+    for r in rows:
+        print(f"  {r['features']:<60} exact {r['exact']:6.2f}%  within one {r['within_one']:6.2f}%  "
+              f"distance {r['distance_px']:6.2f} px")
+    return 0
