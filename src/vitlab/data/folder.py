@@ -163,7 +163,7 @@ def decoded(im, mode: str = "RGB"):
     im.load()
     if im.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
         im = Image.fromarray(_to_8bit(np.asarray(im), im.mode), mode="L")
-    return im.convert(mode)
+    return im if im.mode == mode else im.convert(mode)  # convert() to the same mode would only copy
 
 
 def _load_sample(path: str, label: int, mode: str, transform: Callable | None, generator):
