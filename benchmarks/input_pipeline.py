@@ -105,7 +105,7 @@ def best_interleaved(fns: dict, iters: int) -> dict[str, float]:
     return {k: min(v) for k, v in times.items()}
 
 
-def stage_times(paths: list[str], iters: int, batch: int) -> dict[str, float]:
+def stage_times(paths: list[str], iters: int, batch: int, size: tuple[int, int]) -> dict[str, float]:
     """ms/image of each stage alone, the stages interleaved pass by pass."""
     from PIL import Image
     n = len(paths)
@@ -157,7 +157,7 @@ def stage_times(paths: list[str], iters: int, batch: int) -> dict[str, float]:
         return time.perf_counter() - t0
 
     stages = {
-        "decode full (Pillow, 500x375 -> array)": lambda: per_image(lambda i: load_image(paths[i]), n),
+        f"decode full (Pillow, {size[0]}x{size[1]} -> array)": lambda: per_image(lambda i: load_image(paths[i]), n),
         "decode draft 1/2 (when the crop allows it)": lambda: per_image(decode_draft, n),
         "RRC + flip, float torch (a)": lambda: per_image(lambda i: flip(rrc(floats[i], g), g), n),
         "RRC + flip, uint8 Pillow (b)": lambda: per_image(lambda i: flip(pil_crop(i), g), n),
@@ -282,7 +282,7 @@ def main(argv=None) -> str:
     paths = [p for p, _ in old.samples]
     batch = min(args.batch_size, len(paths))
 
-    stages = stage_times(paths, args.iters, batch)
+    stages = stage_times(paths, args.iters, batch, size)
     rates = pipeline_rates(old, new, prep, args.iters, batch)
     share = draft_share(new)
     n_loader = args.images if args.loader_images is None else args.loader_images
