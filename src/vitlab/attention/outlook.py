@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .outlook_op import outlook_aggregate
+
 IMPLEMENTATIONS = ("auto", "torch", "triton", "reference")
 
 
@@ -226,6 +228,42 @@ def _aggregation_steps(v: torch.Tensor, Fr: int, centre: int, offset: int):
             yield (bs, slice(y0, y1), slice(x0, x1)), (bs, slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx)), idx
 
 
+def fold_free_forward(v: torch.Tensor, attn: torch.Tensor, kernel_size: int, padding: int,
+                      stride: int) -> torch.Tensor:
+    """Y[y] = sum_o W[o, y] V[y + o] on (B, H, W, heads, d) values, W built from ``attn`` in one buffer."""
+    Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
+    frames, off = _build_frames(attn, v.shape[1], v.shape[2], kernel_size, padding, stride)
+    acc_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    out = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
+    for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+        out[out_idx].addcmul_(v[v_idx], frames[idx].unsqueeze(-1))
+    return out.to(v.dtype)
+
+
+def fold_free_backward(grad_out: torch.Tensor, v: torch.Tensor, attn: torch.Tensor, kernel_size: int, padding: int,
+                       stride: int, need_v: bool = True, need_attn: bool = True):
+    """(grad of v, grad of attn) of :func:`fold_free_forward` (None where not needed); W is rebuilt, not saved."""
+    H, W = v.shape[1], v.shape[2]
+    Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
+    frames, off = _build_frames(attn, H, W, kernel_size, padding, stride)
+    grad_out = grad_out.to(v.dtype)
+    frame_shape = frames.shape
+    grad_v = grad_attn = None
+    if need_v:
+        grad_v = torch.zeros_like(v)
+        for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+            grad_v[v_idx].addcmul_(grad_out[out_idx], frames[idx].unsqueeze(-1))
+    del frames  # freed before its gradient is made: lower peak memory
+    if need_attn:
+        grad_frames = attn.new_zeros(frame_shape)
+        for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
+            grad_frames[idx] = (grad_out[out_idx] * v[v_idx]).sum(-1)
+        grad_attn = attn.new_empty(attn.shape)
+        for frame, slot in _frame_slot_views(grad_frames, grad_attn, H, W, kernel_size, padding, stride):
+            slot.copy_(frame)
+    return grad_v, grad_attn
+
+
 class _FoldFreeOutlook(torch.autograd.Function):
     """Y[y] = sum_o W[o, y] V[y + o]; W built from the window weights on the fly (also in backward).
 
@@ -235,14 +273,7 @@ class _FoldFreeOutlook(torch.autograd.Function):
 
     @staticmethod
     def forward(v, attn, kernel_size, padding, stride):
-        B, H, W, heads, d = v.shape
-        Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
-        frames, off = _build_frames(attn, H, W, kernel_size, padding, stride)
-        acc_dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
-        out = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
-        for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
-            out[out_idx].addcmul_(v[v_idx], frames[idx].unsqueeze(-1))
-        return out.to(v.dtype)
+        return fold_free_forward(v, attn, kernel_size, padding, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -253,25 +284,8 @@ class _FoldFreeOutlook(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         v, attn = ctx.saved_tensors
-        kernel_size, padding, stride = ctx.geometry
-        B, H, W, heads, d = v.shape
-        Fr, c = 2 * kernel_size - 1, neighbourhood_centre(kernel_size, padding, stride)
-        frames, off = _build_frames(attn, H, W, kernel_size, padding, stride)
-        grad_out = grad_out.to(v.dtype)
-        frame_shape = frames.shape
-        grad_v = grad_attn = None
-        if ctx.needs_input_grad[0]:
-            grad_v = torch.zeros_like(v)
-            for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
-                grad_v[v_idx].addcmul_(grad_out[out_idx], frames[idx].unsqueeze(-1))
-        del frames  # freed before its gradient is made: lower peak memory
-        if ctx.needs_input_grad[1]:
-            grad_frames = attn.new_zeros(frame_shape)
-            for out_idx, v_idx, idx in _aggregation_steps(v, Fr, c, off):
-                grad_frames[idx] = (grad_out[out_idx] * v[v_idx]).sum(-1)
-            grad_attn = attn.new_empty(attn.shape)
-            for frame, slot in _frame_slot_views(grad_frames, grad_attn, H, W, kernel_size, padding, stride):
-                slot.copy_(frame)
+        grad_v, grad_attn = fold_free_backward(grad_out, v, attn, *ctx.geometry, need_v=ctx.needs_input_grad[0],
+                                               need_attn=ctx.needs_input_grad[1])
         return grad_v, grad_attn, None, None, None
 
 
@@ -374,6 +388,19 @@ def _triton_verified(v: torch.Tensor, strict: bool) -> bool:
     return False
 
 
+def _fold_free_path(v: torch.Tensor, attn: torch.Tensor):
+    """Eager: the autograd function. Compiled training (gradients wanted): the custom op, whose backward
+    inductor does not trace. Compiled inference, ``torch.export`` and TorchScript/ONNX tracing: the
+    functional form, which they can fuse or translate."""
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return _fold_free_functional
+    if not torch.compiler.is_compiling():
+        return _FoldFreeOutlook.apply
+    if torch.is_grad_enabled() and (v.requires_grad or attn.requires_grad):
+        return outlook_aggregate
+    return _fold_free_functional
+
+
 def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kernel_size: int = 3,
                       padding: int = 1, stride: int = 2, implementation: str = "auto") -> torch.Tensor:
     """Aggregate values ``v`` (B, H, W, C) with generated window weights ``attn``; returns (B, H, W, C).
@@ -404,9 +431,7 @@ def outlook_attention(v: torch.Tensor, attn: torch.Tensor, num_heads: int, kerne
         from .outlook_triton import triton_outlook_attention
         out = triton_outlook_attention(v5, attn, kernel_size, padding, stride)
     else:
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        run = _fold_free_functional if traced else _FoldFreeOutlook.apply
-        out = run(v5, attn, kernel_size, padding, stride)
+        out = _fold_free_path(v5, attn)(v5, attn, kernel_size, padding, stride)
     return out.reshape(B, H, W, C)
 
 
