@@ -6,7 +6,7 @@ steps through one epoch and :func:`finish_run` writes what the run leaves behind
 evaluation; the engine owns the rest:
 
 * device (``run.device``), torchrun DDP (NCCL on GPUs, gloo on CPU) with SyncBatchNorm on GPUs,
-  ``torch.compile``, channels-last, gradient checkpointing;
+  ``torch.compile`` (with the fused optimizer kernels), channels-last, gradient checkpointing;
 * bf16/fp16 autocast (fp16 with a gradient scaler); a step whose loss is not finite under autocast is
   redone in fp32 and autocast stays off (``amp.fp32_fallback``); a non-finite fp32 loss stops the run
   naming the step and keeps the last good checkpoint;
@@ -44,7 +44,7 @@ from .optim import clip_gradients, create_optimizer
 from .plots import plot_curves
 from .progress import Progress
 from .run_folder import claim_run_folder
-from .runtime import autocast, no_sync, prepare_module, resolve_device, set_threads
+from .runtime import autocast, fuse_optimizer_step, no_sync, prepare_module, resolve_device, set_threads
 from .schedule import StepSchedule
 from .tensorboard import TensorBoardLog, require_tensorboard
 
@@ -145,6 +145,8 @@ def build_session(cfg: dict, task, dist: DistInfo, state: dict | None) -> Sessio
         torch.manual_seed(run["seed"] * 1_000_003 + dist.rank)
     if state is not None:
         _restore(s, state)
+    if cfg["model"]["compile"]:
+        fuse_optimizer_step(s.optimizer)
     s.metrics = MetricsLog(s.out / METRICS_NAME, enabled=s.is_main,
                            resume_step=s.pos.step if state is not None else None)
     s.tensorboard = None

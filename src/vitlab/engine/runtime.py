@@ -1,4 +1,10 @@
-"""Where and how a run computes: device, threads, autocast, DDP wrapping, SyncBatchNorm, torch.compile."""
+"""Where and how a run computes: device, threads, autocast, DDP wrapping, SyncBatchNorm, torch.compile.
+
+A compiled run (``model.compile``) compiles the train module as a whole (forward and, through
+AOTAutograd, its backward) and steps the optimizer with PyTorch's fused kernels
+(:func:`fuse_optimizer_step`): with the eager model's elementwise work fused away, the per-parameter
+optimizer loop becomes a visible share of a CPU step.
+"""
 from __future__ import annotations
 
 import os
@@ -68,3 +74,33 @@ def no_sync(module: nn.Module, sync: bool):
     """DDP's ``no_sync`` for the micro-batches of an accumulated step that are not the last one."""
     inner = getattr(module, "_orig_mod", module)
     return inner.no_sync() if not sync and hasattr(inner, "no_sync") else nullcontext()
+
+
+FUSED_OPTIMIZERS = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+
+
+def fuse_optimizer_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch AdamW / Adam / SGD to ``fused=True`` (one kernel per parameter, no Python loop); True if done.
+
+    Same update as the default path up to float rounding (``torch.optim`` docs, "fused"). Skipped for
+    other optimizers, differentiable groups, and parameters the fused kernels do not take (not
+    floating point, or on a device without them). Existing ``step`` counters move to the parameter's
+    device as float32, as the fused kernels expect (a resumed unfused state). Call after loading a state.
+    """
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    if not isinstance(optimizer, FUSED_OPTIMIZERS):
+        return False
+    devices = set(_get_fused_kernels_supported_devices())
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if any(g.get("differentiable") for g in optimizer.param_groups) or not all(
+            p.is_floating_point() and p.device.type in devices for p in params):
+        return False
+    for g in optimizer.param_groups:
+        g["fused"], g["foreach"] = True, False
+    for p in params:
+        step = optimizer.state.get(p, {}).get("step")
+        if torch.is_tensor(step):
+            optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+    optimizer._step_supports_amp_scaling = True  # GradScaler passes its scale and inf flag to the kernel
+    return True
