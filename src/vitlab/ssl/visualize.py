@@ -45,13 +45,30 @@ def region_matches(backbone, view_a: torch.Tensor, view_b: torch.Tensor, top: in
     return [(int(i), int(best_b[i]), float(scores[i])) for i in order], (ga, gb)
 
 
+def match_verdicts(matches, geometry, view_a: torch.Tensor, view_b: torch.Tensor, ga, gb) -> list[str]:
+    """For each (i, j, cos) match: 'true' / 'one off' / 'wrong' / 'outside' (no true match: A's token lies outside
+    view B) from the two crops' geometry (``box`` / ``flip`` dicts, see :mod:`vitlab.ssl.correspondence`)."""
+    from vitlab.ssl.correspondence import true_matches
+    target, valid = true_matches(geometry[0], geometry[1], tuple(view_a.shape[-2:]), tuple(view_b.shape[-2:]), ga, gb)
+    out = []
+    for i, j, _ in matches:
+        t, w = int(target[i]), gb[1]
+        near = abs(j // w - t // w) <= 1 and abs(j % w - t % w) <= 1
+        out.append("outside" if not valid[i] else "true" if j == t else "one off" if near else "wrong")
+    return out
+
+
 def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.Tensor, path, mean, std,
-                                 top: int = 10, title: str = "") -> Path:
+                                 top: int = 10, title: str = "", geometry=None) -> Path:
+    """Two views side by side joined by their ``top`` best region matches, labelled with their cosine; with the
+    crops' ``geometry`` (two ``box`` / ``flip`` dicts) each match also says whether it is the true one (solid
+    lines) or not (dotted)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import ConnectionPatch
     matches, (ga, gb) = region_matches(backbone, view_a, view_b, top)
+    verdicts = match_verdicts(matches, geometry, view_a, view_b, ga, gb) if geometry else [None] * len(matches)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
     for ax, view, name in zip(axes, (view_a, view_b), ("view 1", "view 2")):
         ax.imshow(_to_display(view[0], mean, std))
@@ -60,16 +77,18 @@ def region_correspondence_figure(backbone, view_a: torch.Tensor, view_b: torch.T
     (ha, wa), (hb, wb) = ga, gb
     sa = (view_a.shape[-2] / ha, view_a.shape[-1] / wa)
     sb = (view_b.shape[-2] / hb, view_b.shape[-1] / wb)
-    for rank, (i, j, s) in enumerate(matches):
+    for rank, ((i, j, s), verdict) in enumerate(zip(matches, verdicts)):
         pa = ((i % wa + 0.5) * sa[1] - 0.5, (i // wa + 0.5) * sa[0] - 0.5)
         pb = ((j % wb + 0.5) * sb[1] - 0.5, (j // wb + 0.5) * sb[0] - 0.5)
         color = plt.cm.viridis(rank / max(len(matches) - 1, 1))
-        fig.add_artist(ConnectionPatch(pa, pb, "data", "data", axesA=axes[0], axesB=axes[1], color=color, lw=1.2))
-        axes[0].plot(*pa, "o", color=color, ms=3, label=f"cos {s:.2f}")
+        style = ":" if verdict in ("wrong", "outside") else "-"
+        fig.add_artist(ConnectionPatch(pa, pb, "data", "data", axesA=axes[0], axesB=axes[1], color=color, lw=1.2,
+                                       linestyle=style))
+        axes[0].plot(*pa, "o", color=color, ms=3, label=f"cos {s:.2f}" + (f", {verdict}" if verdict else ""))
         axes[1].plot(*pb, "o", color=color, ms=3)
     if matches:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False,
-                   title="match (best first)", title_fontsize=7)
+                   title="match (best first)" + ("\nsolid: true or one off" if geometry else ""), title_fontsize=7)
     head = f"{title}: " if title else ""
     fig.suptitle(f"{head}top-{len(matches)} region matches (cosine of final-stage features, {ha}x{wa} and {hb}x{wb} "
                  f"token grids)", fontsize=9)

@@ -239,7 +239,7 @@ class PretrainingTask(Task):
         folder, name = session.out / "figures", f"{session.cfg['model']['name']} ({session.out.name})"
         if session.cfg["esvit"]["loss"] == "view+region":   # the matches L_R trained on; a view-only run has none
             region_correspondence_figure(backbone, views[0], views[1], folder / "region_matches.png", self.mean,
-                                         self.std, title=name)
+                                         self.std, title=name, geometry=params)
         if hasattr(backbone, "last_attention"):
             whole = self.query_set[0][0][None] if self.query_set is not None else views[0]
             attention_figure(backbone, whole, folder / "attention.png", self.mean, self.std, title=name)
