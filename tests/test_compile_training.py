@@ -154,3 +154,24 @@ def test_outlook_custom_op_registration():
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
         assert torch.autograd.gradcheck(lambda v, a: outlook_aggregate(v, a, 3, 1, stride), (v, attn),
                                         fast_mode=True)
+
+
+def test_fused_optimizer_step_matches_the_default_update():
+    """``vitlab train --compile`` steps AdamW / SGD with the fused kernels: the same update to float rounding."""
+    from vitlab.engine.runtime import fuse_optimizer_step
+    torch.manual_seed(0)
+    for make in (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.05),
+                 lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True)):
+        params = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+        twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        default, fused = make(params), make(twins)
+        assert fuse_optimizer_step(fused) and fused.param_groups[0]["fused"]
+        for _ in range(3):
+            for a, b in zip(params, twins):
+                a.grad = torch.randn_like(a)
+                b.grad = a.grad.clone()
+            default.step()
+            fused.step()
+        for a, b in zip(params, twins):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert not fuse_optimizer_step(torch.optim.RMSprop([torch.nn.Parameter(torch.randn(2))]))

@@ -74,6 +74,7 @@ class Session:
     skipped_names: list = field(default_factory=list)
     micro: int = 0              # index of the micro-batch within the current optimizer step
     last_lr: float = 0.0        # the lr of the latest optimizer step
+    compile_reported: bool = False  # whether the first compiled step's time was logged
     t_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -341,7 +342,12 @@ def train_one_epoch(s: Session) -> None:
         batch = _take(s, batch)
         s.micro = micro
         micro += 1
+        t_step = time.perf_counter()
         step_parts = micro_step(s, batch, last=micro == s.accum)
+        if s.cfg["model"]["compile"] and not s.compile_reported:
+            s.compile_reported = True
+            s.log(f"first compiled micro-step took {time.perf_counter() - t_step:.1f}s (torch.compile traces and "
+                  f"compiles forward and backward once)")
         images += s.task.batch_size_of(batch)
         parts = {k: parts.get(k, 0.0) + v / s.accum for k, v in step_parts.items()}
         if micro < s.accum:
