@@ -62,3 +62,28 @@ def test_one_region_loss_step_trains_every_family(name):
     assert torch.isfinite(loss) and "region" in loss_fn.last
     grads = [p.grad for p in net.head_dense.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory):
+    from vitlab.data.synthetic_scenes import write_texture_scenes
+    return write_texture_scenes(tmp_path_factory.mktemp("scenes"), num_train=8, num_val=4, size=64, seed=0)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "pale_micro" else pytest.mark.slow)
+                                  for n in FAMILIES[:4]])
+def test_pretrain_command_runs_on_every_family(name, tiny_scenes, tmp_path):
+    """``vitlab pretrain --model NAME``: two steps with local crops, the teacher saved and k-NN scored."""
+    import json
+
+    from vitlab.cli.main import main
+    out = tmp_path / "run"
+    code = main(["pretrain", "--model", name, "--data", f"texture-scenes:{tiny_scenes}", "--batch-size", "4",
+                 "--epochs", "1", "--max-steps", "2", "--threads", "1", "-o", str(out),
+                 "--set", "esvit.global_size=64", "--set", "esvit.local_size=32", "--set", "esvit.n_local=1",
+                 "--set", "esvit.out_dim=64", "--set", "esvit.head_hidden_dim=32", "--set", "esvit.head_bottleneck_dim=16"])
+    assert code == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["step"] == 2 and 0 <= final["knn_top1"] <= 100
+    assert (out / "figures" / "region_matches.png").is_file()
+    assert vitlab.from_pretrained(out / "model").forward_features(torch.randn(1, 3, 64, 64)).shape[0] == 1

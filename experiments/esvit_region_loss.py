@@ -1,0 +1,129 @@
+"""Does EsViT's region loss L_R help region-level features? L_V vs L_V + L_R at equal budget and seed.
+
+    python experiments/esvit_region_loss.py --train --out runs/scenes       # 4 pretraining runs, then the table
+    python experiments/esvit_region_loss.py --out runs/scenes               # the table of finished runs
+
+Pretraining: ``vitlab pretrain --preset texture_scenes --loss {view,view+region} --seed {0,1}`` (swin_micro,
+5x5 final tokens on the 80 px global crops of the built-in texture scenes; labels are never seen). Each
+finished run is scored with the three frozen-feature evaluators, every one a ``vitlab`` command:
+
+* ``vitlab knn``: image-level k-NN top-1 (label = the scene's dominant texture);
+* ``vitlab dense-probe``: per-token linear probe, mIoU on the held-out scenes' exact masks;
+* ``vitlab correspondence``: best-cosine token match between two augmented views against the true one
+  known from the crops (exact, within one token, distance error in pixels of the original scene).
+
+Random initialisation and raw pixels are scored beside them (``--baselines``). Each method's row is the
+mean of its seeds, with the spread (half the range) after the ±. The table is printed as markdown and
+written to ``OUT/region_loss.md``; every command's JSON output is kept in ``OUT/<run>/eval/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+LOSSES = {"view": "L_V (DINO)", "view+region": "L_V + L_R (EsViT)"}
+TAGS = {"view": "v", "view+region": "vr"}
+
+
+def vitlab(*args: str) -> str:
+    """Run ``vitlab ARGS`` with this interpreter; its stdout (errors stop the study with the command's own line)."""
+    cmd = [sys.executable, "-m", "vitlab", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[2:])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def pretrain(out: Path, loss: str, seed: int, threads: int) -> Path:
+    run = out / f"{TAGS[loss]}_s{seed}"
+    if not (run / "final.json").is_file():
+        vitlab("pretrain", "--preset", "texture_scenes", "--loss", loss, "--seed", str(seed), "--threads",
+               str(threads), "-o", str(run), *(["--resume", str(run)] if (run / "last.pth").is_file() else []))
+    return run
+
+
+def evaluate(run: Path, baselines: bool, threads: int, pairs: int) -> dict[str, list[dict]]:
+    """The three evaluators' JSON rows for one run (cached in ``run/eval``)."""
+    folder = run / "eval"
+    folder.mkdir(exist_ok=True)
+    extra = ["--baselines"] if baselines else []
+    commands = {"knn": ["knn", "--data", "texture-scenes"],
+                "dense": ["dense-probe", "--data", "texture-scenes"],
+                "corr": ["correspondence", "--data", "texture-scenes", "--pairs", str(pairs)]}
+    rows = {}
+    for key, args in commands.items():
+        path = folder / f"{key}{'_baselines' if baselines else ''}.json"
+        if not path.is_file():
+            text = vitlab(*args, "--model", str(run), "--threads", str(threads), "--json", *extra)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        rows[key] = json.loads(path.read_text())
+    return rows
+
+
+def metrics(rows: dict[str, list[dict]], i: int) -> dict[str, float]:
+    """Row ``i`` (0: the run, 1: random init, 2: raw pixels) of each evaluator."""
+    knn = [r for r in rows["knn"] if "mean-centred" not in r["features"]][i]
+    return {"knn": knn["top1"], "miou": rows["dense"][i]["mIoU"], "exact": rows["corr"][i]["exact"],
+            "within": rows["corr"][i]["within_one"], "dist": rows["corr"][i]["distance_px"]}
+
+
+def minutes(run: Path) -> float:
+    return float(json.loads((run / "final.json").read_text())["minutes"])
+
+
+def cell(values: list[float], digits: int = 2) -> str:
+    mean = sum(values) / len(values)
+    spread = (max(values) - min(values)) / 2
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def table(out: Path, seeds: list[int], threads: int, pairs: int) -> str:
+    lines = ["| features | k-NN top-1 % | dense probe mIoU | correspondence exact % | within one token % | "
+             "distance error px | minutes per run |", "|---|---|---|---|---|---|---|"]
+    baseline_rows = None
+    for loss, label in LOSSES.items():
+        per_seed = []
+        for seed in seeds:
+            run = out / f"{TAGS[loss]}_s{seed}"
+            rows = evaluate(run, baselines=baseline_rows is None, threads=threads, pairs=pairs)
+            if baseline_rows is None:
+                baseline_rows = rows
+            per_seed.append({**metrics(rows, 0), "min": minutes(run)})
+        cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2)
+                for k in ("knn", "miou", "exact", "within", "dist", "min")]
+        lines.append(f"| {label}, {len(seeds)} seeds | " + " | ".join(cols) + " |")
+    for i, label in ((1, "random initialisation"), (2, "raw pixels")):
+        m = metrics(baseline_rows, i)
+        lines.append(f"| {label} | {m['knn']:.2f} | {m['miou']:.2f} | {m['exact']:.2f} | {m['within']:.2f} | "
+                     f"{m['dist']:.2f} | - |")
+    chance = baseline_rows["corr"][0]["chance"]
+    lines.append(f"\nchance level of an exact match: {chance:.2f}% ({baseline_rows['corr'][0]['grid']} tokens)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/scenes", help="folder of the runs (and of the table)")
+    p.add_argument("--train", action="store_true", help="pretrain the runs that are not finished yet")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pairs", type=int, default=100, help="image pairs for the correspondence accuracy")
+    args = p.parse_args()
+    out = Path(args.out)
+    if args.train:
+        out.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            for loss in LOSSES:
+                pretrain(out, loss, seed, args.threads)
+    text = table(out, args.seeds, args.threads, args.pairs)
+    (out / "region_loss.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
