@@ -326,7 +326,8 @@ def bf16_train_step(model, x) -> tuple[str, str, bool]:
     ok = math.isfinite(loss.item()) and with_grad > 0 and not bad and not bad_after
     text = f"loss {loss.item():.3g}, {with_grad} grads"
     if not ok:
-        text += (f"; non-finite grad in {bad[0]}" if bad else "") + (f"; non-finite {bad_after[0]}" if bad_after else "")
+        text += f"; non-finite grad in {bad[0]}" if bad else ""
+        text += f"; non-finite {bad_after[0]} after the step" if bad_after else ""
     return text, "finite", ok
 
 
@@ -555,7 +556,8 @@ def environment(device: torch.device, args) -> list[str]:
     else:
         machine = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return [f"{datetime.datetime.now().isoformat(timespec='seconds')} · {machine} · python {platform.python_version()}",
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    return [f"{now} · {machine} · python {platform.python_version()}",
             f"torch {torch.__version__} · CUDA {torch.version.cuda or 'none'} · cuDNN {cudnn or 'none'} · "
             f"triton {triton_version} · timm {'skipped (--smoke)' if args.smoke else 'if importable'}",
             f"models {', '.join(args.models)} · batch {args.batch} (segmentation {args.seg_batch}) · bf16 autocast, "
@@ -600,7 +602,8 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=270.0, help="skip what would run past this many seconds")
     p.add_argument("--compile-estimate-s", type=float, default=None,
                    help="assumed seconds to compile one path (default 45; 2 with --smoke)")
-    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; eager with --smoke)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend (default inductor; eager with --smoke)")
     p.add_argument("--no-compile", action="store_true", help="eager rows only")
     p.add_argument("--smoke", action="store_true", help="test-sized *_micro models, batch 2, 2 iterations")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
