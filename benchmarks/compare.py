@@ -15,6 +15,11 @@ events that ``torch.profiler`` records with ``profile_memory=True`` (on CUDA:
 ``torch.cuda.max_memory_allocated``). The outlook kernel section measures the attention op alone
 (``outlook_attention`` forward + backward from given values and weights) and the whole
 ``OutlookAttention`` module (projections included).
+
+``--compiled-train`` adds the compiled-training section: per family, a training step (forward, the
+task's loss, backward, AdamW step) eager against the same step as ``vitlab train --compile`` runs it
+(forward + loss under ``torch.compile``, fused AdamW), on the same weights, interleaved; with the
+compile time (first call) and, for ``volo_d1``, timm's eager step on the same weights.
 """
 from __future__ import annotations
 
@@ -30,9 +35,13 @@ import vitlab
 from vitlab.attention.outlook import OutlookAttention, outlook_attention
 from vitlab.bench.reference import reference_paths
 from vitlab.bench.throughput import time_interleaved, training_forward
+from vitlab.engine.losses import classification_loss
+from vitlab.engine.runtime import fuse_optimizer_step
 from vitlab.models.base import TrainOutput, VitlabModel
 
 DEFAULT_MODELS = ["volo_d1", "swin_tiny", "pale_tiny", "uniformer_small", "vit_base_patch16"]
+COMPILED_TRAIN_MODELS = ["volo_d1", "volo_micro", "pale_micro", "swin_micro", "uniformer_micro",
+                         "uniformer_video_micro", "vit_micro", "upernet_micro"]
 
 
 def peak_bytes(fn, device: torch.device) -> int:
@@ -168,6 +177,91 @@ def bench_outlook_kernel(args, device) -> list[dict]:
     return rows
 
 
+def _import_timm():
+    """timm, with the stand-in torchvision beside the repository appended to the path (a real one wins)."""
+    import sys
+    stub = Path(__file__).resolve().parents[1].parent / "shared" / "torchvision_stub"
+    if stub.is_dir() and str(stub) not in sys.path:
+        sys.path.append(str(stub))
+    import timm
+    return timm
+
+
+class AdamWStep:
+    """One training step: ``loss_fn(*inputs)``, backward, AdamW; ``compiled``: as ``vitlab train --compile``
+    runs it (``loss_fn`` under ``torch.compile``, the fused AdamW kernel)."""
+
+    def __init__(self, model, loss_fn, inputs, compiled: bool):
+        self.model, self.inputs = model.train(), inputs
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        self.loss_fn = torch.compile(loss_fn) if compiled else loss_fn
+        if compiled:
+            fuse_optimizer_step(self.opt)
+
+    def __call__(self):
+        self.loss_fn(*self.inputs).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def _training_loss(model, name: str, batch: int, device):
+    """``(loss_fn, inputs)`` of the model's task: segmentors ``model.loss``, classifiers ``classification_loss``."""
+    size = model.pretrained_cfg["input_size"]
+    if hasattr(model, "loss"):
+        img = torch.randn(batch, *size, device=device)
+        label = torch.randint(0, model.num_classes, (batch, *size[1:]), device=device)
+        return (lambda img, label: model.loss(img, label)["loss"]), (img, label)
+    x = torch.randn(batch, *size, device=device)
+    target = torch.softmax(torch.randn(batch, model.num_classes, device=device), -1)
+    return (lambda x, target: classification_loss(model.forward_train(x), target)), (x, target)
+
+
+def bench_compiled_training(name: str, args, device) -> list[dict]:
+    """Eager vs compiled training step of one model (same weights), interleaved; timm eager for volo_d1."""
+    import copy
+    import time
+
+    torch.manual_seed(0)
+    eager_model = vitlab.create_model(name).to(device)
+    compiled_model = copy.deepcopy(eager_model)
+    batch = args.batch if not name.endswith("_micro") else args.micro_batch
+    steps = {}
+    for label, model in (("eager", eager_model), ("compiled", compiled_model)):
+        loss_fn, inputs = _training_loss(model, name, batch, device)
+        steps[label] = AdamWStep(model, loss_fn, inputs, compiled=label == "compiled")
+    t0 = time.perf_counter()
+    steps["compiled"]()  # compiles forward + loss and, at the first backward, the backward graph
+    compile_s = time.perf_counter() - t0
+    if name == "volo_d1" and args.timm:
+        try:
+            timm = _import_timm()
+            tm = timm.create_model("volo_d1_224", pretrained=False).to(device)
+            tm.load_state_dict(eager_model.state_dict())
+            x = steps["eager"].inputs[0]
+            y = torch.randint(0, 1000, (x.shape[0],), device=device)
+            steps["timm eager"] = AdamWStep(tm, lambda x, y: F.cross_entropy(tm(x), y), (x, y), compiled=False)
+        except Exception as e:
+            print(f"  timm unavailable ({type(e).__name__}: {str(e)[:80]})")
+    sec = time_interleaved(steps, device, warmup=args.warmup, iters=args.iters)
+    rows = [dict(model=name, batch=batch, path=k, ips=batch / sec[k], vs_eager=sec["eager"] / sec[k],
+                 compile_s=compile_s if k == "compiled" else None) for k in steps]
+    print(f"  {name:22s} train step b{batch}: eager {sec['eager']:.3f}s compiled {sec['compiled']:.3f}s "
+          f"x{sec['eager'] / sec['compiled']:.2f}" + (f", timm eager {sec['timm eager']:.3f}s (compiled vs timm "
+          f"x{sec['timm eager'] / sec['compiled']:.2f})" if "timm eager" in sec else "")
+          + f", compile {compile_s:.0f}s", flush=True)
+    return rows
+
+
+def compiled_markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| model | batch | step | images/s | speed vs eager vitlab | compile s |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        compile_s = f"{r['compile_s']:.0f}" if r["compile_s"] is not None else ""
+        lines.append(f"| {r['model']} | {r['batch']} | {r['path']} | {r['ips']:.2f} | x{r['vs_eager']:.2f} | "
+                     f"{compile_s} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "", "| model | mode | path | images/s | peak MiB | speed vs reference | memory vs reference |",
              "|---|---|---|---:|---:|---:|---:|"]
@@ -191,6 +285,9 @@ def main(argv=None) -> int:
     p.add_argument("--kernel-iters", type=int, default=2)
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     p.add_argument("--no-timm", dest="timm", action="store_false")
+    p.add_argument("--compiled-train", nargs="*", default=None, metavar="MODEL",
+                   help=f"compiled vs eager training step (no names: {' '.join(COMPILED_TRAIN_MODELS)})")
+    p.add_argument("--micro-batch", type=int, default=8, help="batch of the *_micro models in --compiled-train")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +300,15 @@ def main(argv=None) -> int:
     header = (f"{datetime.date.today().isoformat()} · {machine} · torch {torch.__version__} · batch {args.batch} at "
               f"{args.img}, {str(dtype).replace('torch.', '')}")
     print(header, flush=True)
+    if args.compiled_train is not None:
+        names = args.compiled_train or COMPILED_TRAIN_MODELS
+        rows = [r for name in names for r in bench_compiled_training(name, args, device)]
+        table = compiled_markdown(rows, header + " · training step = forward, loss, backward, AdamW")
+        print(table)
+        if args.out:
+            from vitlab.checkpoints.atomic import atomic_write_text
+            atomic_write_text(args.out, table)
+        return 0
     rows = []
     if args.kernel_batch:
         rows += bench_outlook_kernel(args, device)
