@@ -38,7 +38,7 @@ from . import state as st
 from .config import dump_yaml
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
-from .loaders import train_loader
+from .loaders import PrefetchLoader, train_loader
 from .metrics import METRICS_NAME, MetricsLog, read_records
 from .optim import clip_gradients, create_optimizer
 from .plots import plot_curves
@@ -131,6 +131,8 @@ def build_session(cfg: dict, task, dist: DistInfo, state: dict | None) -> Sessio
                                        accum_steps=cfg["optim"]["accum_steps"], workers=cfg["data"]["workers"],
                                        seed=run["seed"], dist=dist, pin_memory=s.device.type == "cuda",
                                        collate_fn=task.collate_fn() or collate_skipping)
+    if s.device.type == "cuda":   # the next batch's host -> device copy overlaps this step (side stream)
+        s.loader = PrefetchLoader(s.loader, s.device)
     _plan(s)
     s.optimizer = create_optimizer(model, {**cfg["optim"], "lr": s.lr})
     sched = cfg["sched"]

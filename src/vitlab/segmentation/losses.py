@@ -52,7 +52,7 @@ def present_classes(label: torch.Tensor, num_classes: int, ignore_index: int) ->
     if label.ndim != 3:
         raise ValueError(f"expected labels of shape (B, H, W), got {tuple(label.shape)}")
     valid = label != ignore_index
-    if valid.any():
+    if not torch.compiler.is_compiling() and valid.any():   # a host sync: checked eagerly, not inside a graph
         lo, hi = int(label[valid].min()), int(label[valid].max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"label values must lie in [0, {num_classes}) or equal the ignore index {ignore_index}; "
