@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 import vitlab
 from vitlab.attention.outlook import OutlookAttention, outlook_attention
+from vitlab.bench.memory import peak_bytes
 from vitlab.bench.reference import reference_paths
 from vitlab.bench.throughput import time_interleaved, training_forward
 from vitlab.engine.losses import classification_loss
@@ -42,27 +43,6 @@ from vitlab.models.base import TrainOutput, VitlabModel
 DEFAULT_MODELS = ["volo_d1", "swin_tiny", "pale_tiny", "uniformer_small", "vit_base_patch16"]
 COMPILED_TRAIN_MODELS = ["volo_d1", "volo_micro", "pale_micro", "swin_micro", "uniformer_micro",
                          "uniformer_video_micro", "vit_micro", "upernet_micro"]
-
-
-def peak_bytes(fn, device: torch.device) -> int:
-    """Peak live tensor bytes while ``fn`` runs (see module docstring)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def _loss(out, target):
@@ -118,8 +98,7 @@ def bench_model(name: str, args, device, dtype) -> list[dict]:
     timm_name = {"volo_d1": "volo_d1_224", "swin_tiny": "swin_tiny_patch4_window7_224"}.get(name)
     if timm_name and args.timm:
         try:
-            import timm
-            tm = timm.create_model(timm_name, pretrained=False).to(device)
+            tm = _import_timm().create_model(timm_name, pretrained=False).to(device)
             runners["timm"] = Runner(tm, x, target, _nullctx, dtype)
         except Exception as e:
             print(f"  timm unavailable ({type(e).__name__}: {str(e)[:80]})")
@@ -131,7 +110,7 @@ def bench_model(name: str, args, device, dtype) -> list[dict]:
     for mode in ("infer", "train"):
         fns = {k: (r.infer if mode == "infer" else r.train_step) for k, r in runners.items()}
         sec = time_interleaved(fns, device, warmup=args.warmup, iters=args.iters)
-        mem = {k: peak_bytes(fn, device) for k, fn in fns.items()} if args.memory else {}
+        mem = {k: peak_bytes(fn, device, above_baseline=True) for k, fn in fns.items()} if args.memory else {}
         for k in fns:
             rows.append(dict(model=name, mode=mode, path=k, ips=args.batch / sec[k],
                              mem_mib=mem.get(k, float("nan")) / 2 ** 20, agree=agree))
@@ -167,7 +146,7 @@ def bench_outlook_kernel(args, device) -> list[dict]:
     for label, make in (("outlook op", op), ("OutlookAttention module", mod)):
         fns = {i: make(i) for i in impls}
         sec = time_interleaved(fns, device, warmup=1, iters=args.kernel_iters)
-        mem = {i: peak_bytes(fn, device) for i, fn in fns.items()}
+        mem = {i: peak_bytes(fn, device, above_baseline=True) for i, fn in fns.items()}
         for i in impls:
             rows.append(dict(model=f"{label} 56x56x192 b{B}", mode="fwd+bwd", path=i, ips=B / sec[i],
                              mem_mib=mem[i] / 2 ** 20, agree=0.0))
