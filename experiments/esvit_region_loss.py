@@ -24,8 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-LOSSES = {"view": "L_V (DINO)", "view+region": "L_V + L_R (EsViT)"}
-TAGS = {"view": "v", "view+region": "vr"}
+LOSSES = {"view": "L_V (DINO)", "view+region": "L_V + L_R (EsViT)", "region": "L_R alone"}
+TAGS = {"view": "v", "view+region": "vr", "region": "r"}
 
 
 def vitlab(*args: str) -> str:
@@ -37,11 +37,12 @@ def vitlab(*args: str) -> str:
     return done.stdout
 
 
-def pretrain(out: Path, loss: str, seed: int, threads: int) -> Path:
+def pretrain(out: Path, loss: str, seed: int, threads: int, epochs: int | None) -> Path:
     run = out / f"{TAGS[loss]}_s{seed}"
     if not (run / "final.json").is_file():
         vitlab("pretrain", "--preset", "texture_scenes", "--loss", loss, "--seed", str(seed), "--threads",
-               str(threads), "-o", str(run), *(["--resume", str(run)] if (run / "last.pth").is_file() else []))
+               str(threads), "-o", str(run), *(["--epochs", str(epochs)] if epochs else []),
+               *(["--resume", str(run)] if (run / "last.pth").is_file() else []))
     return run
 
 
@@ -82,13 +83,16 @@ def cell(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def table(out: Path, seeds: list[int], threads: int, pairs: int) -> str:
+def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: int) -> str:
     lines = ["| features | k-NN top-1 % | dense probe mIoU | correspondence exact % | within one token % | "
              "distance error px | minutes per run |", "|---|---|---|---|---|---|---|"]
     baseline_rows = None
-    for loss, label in LOSSES.items():
-        per_seed = []
-        for seed in seeds:
+    for loss in losses:
+        label, per_seed = LOSSES[loss], []
+        finished = [s for s in seeds if (out / f"{TAGS[loss]}_s{s}" / "final.json").is_file()]
+        if not finished:
+            continue
+        for seed in finished:
             run = out / f"{TAGS[loss]}_s{seed}"
             rows = evaluate(run, baselines=baseline_rows is None, threads=threads, pairs=pairs)
             if baseline_rows is None:
@@ -96,7 +100,9 @@ def table(out: Path, seeds: list[int], threads: int, pairs: int) -> str:
             per_seed.append({**metrics(rows, 0), "min": minutes(run)})
         cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2)
                 for k in ("knn", "miou", "exact", "within", "dist", "min")]
-        lines.append(f"| {label}, {len(seeds)} seeds | " + " | ".join(cols) + " |")
+        lines.append(f"| {label}, {len(finished)} seed{'s' if len(finished) > 1 else ''} | " + " | ".join(cols) + " |")
+    if baseline_rows is None:
+        raise SystemExit(f"no finished run in {out}: pass --train, or wait for the runs")
     for i, label in ((1, "random initialisation"), (2, "raw pixels")):
         m = metrics(baseline_rows, i)
         lines.append(f"| {label} | {m['knn']:.2f} | {m['miou']:.2f} | {m['exact']:.2f} | {m['within']:.2f} | "
@@ -111,6 +117,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/scenes", help="folder of the runs (and of the table)")
     p.add_argument("--train", action="store_true", help="pretrain the runs that are not finished yet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--losses", nargs="+", default=["view", "view+region"], choices=list(LOSSES))
+    p.add_argument("--epochs", type=int, help="instead of the preset's 30")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pairs", type=int, default=100, help="image pairs for the correspondence accuracy")
     args = p.parse_args()
@@ -118,9 +126,9 @@ def main() -> None:
     if args.train:
         out.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            for loss in LOSSES:
-                pretrain(out, loss, seed, args.threads)
-    text = table(out, args.seeds, args.threads, args.pairs)
+            for loss in args.losses:
+                pretrain(out, loss, seed, args.threads, args.epochs)
+    text = table(out, args.losses, args.seeds, args.threads, args.pairs)
     (out / "region_loss.md").write_text(text + "\n")
     print(text)
 

@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
     add_run_flags(p)
     add_flags(p, "img_size", img_size={"help": "global crop size (the same as --global-size)"})
     p.add_argument("--model-kwargs", metavar="JSON", help="backbone constructor overrides, e.g. '{\"patch_size\": 2}'")
-    p.add_argument("--loss", choices=("view", "view+region"), help="L_V alone (DINO) or L_V + L_R (EsViT)")
+    p.add_argument("--loss", choices=("view", "view+region", "region"),
+                   help="L_V alone (DINO), L_V + L_R (EsViT) or L_R alone (an ablation)")
     p.add_argument("--global-size", type=int)
     p.add_argument("--local-size", type=int)
     p.add_argument("--n-local", type=int, help="number of local crops")

@@ -28,8 +28,12 @@ from vitlab.engine.schema import PAIR, F
 from vitlab.engine.task import Task
 from vitlab.errors import ConfigError, DataError
 
+# esvit.loss -> (weight of L_V, weight of L_R); EsViT's released code uses 0.5 / 0.5
+LOSS_WEIGHTS = {"view": (1.0, 0.0), "view+region": (0.5, 0.5), "region": (0.0, 1.0)}
+
 ESVIT_SECTION = {
-    "loss": F("view+region", "str", choices=("view", "view+region"), doc="L_V alone (DINO) or L_V + L_R (EsViT)"),
+    "loss": F("view+region", "str", choices=tuple(LOSS_WEIGHTS),
+              doc="L_V alone (DINO), 0.5 L_V + 0.5 L_R (EsViT) or L_R alone (an ablation)"),
     "out_dim": F(65536, "int", low=1, doc="DINO head output dimension K"),
     "head_hidden_dim": F(2048, "int", low=1), "head_bottleneck_dim": F(256, "int", low=1),
     "norm_last_layer": F(True, "bool"), "use_bn_in_head": F(False, "bool"),
@@ -122,7 +126,7 @@ class PretrainingTask(Task):
         if e["n_local"] and e["local_size"] != e["global_size"]:
             kwargs = with_any_input_size(m["name"], kwargs)        # local crops are smaller than img_size
         heads = dict(out_dim=e["out_dim"], hidden_dim=e["head_hidden_dim"], bottleneck_dim=e["head_bottleneck_dim"],
-                     use_bn=e["use_bn_in_head"], dense_head=e["loss"] == "view+region")
+                     use_bn=e["use_bn_in_head"], dense_head=LOSS_WEIGHTS[e["loss"]][1] > 0)
         self.backbone_kwargs = kwargs
         drop = m["drop_path"] if m["drop_path"] is not None else 0.0
         self.model = build_esvit_network(vitlab.create_model(m["name"], drop_path_rate=drop, **kwargs),
@@ -136,8 +140,8 @@ class PretrainingTask(Task):
         ncrops = 2 + e["n_local"]
         self.criterion = EsViTLoss(e["out_dim"], ncrops, e["warmup_teacher_temp"], e["teacher_temp"],
                                    e["warmup_teacher_temp_epochs"], cfg["sched"]["epochs"], e["student_temp"],
-                                   e["center_momentum"], view_weight=1.0 if e["loss"] == "view" else 0.5,
-                                   region_weight=0.5 if e["loss"] == "view+region" else 0.0,
+                                   e["center_momentum"], view_weight=LOSS_WEIGHTS[e["loss"]][0],
+                                   region_weight=LOSS_WEIGHTS[e["loss"]][1],
                                    centering=e["centering"]).to(device)
 
     def build(self, session) -> None:
@@ -237,7 +241,7 @@ class PretrainingTask(Task):
         views = [apply_photometric(c[None], {k: v[None] for k, v in p.items()}, self.mean, self.std, self.in_chans)
                  for c, p in zip(crops, params)]
         folder, name = session.out / "figures", f"{session.cfg['model']['name']} ({session.out.name})"
-        if session.cfg["esvit"]["loss"] == "view+region":   # the matches L_R trained on; a view-only run has none
+        if LOSS_WEIGHTS[session.cfg["esvit"]["loss"]][1] > 0:   # the matches L_R trained on; a view-only run has none
             region_correspondence_figure(backbone, views[0], views[1], folder / "region_matches.png", self.mean,
                                          self.std, title=name, geometry=params)
         if hasattr(backbone, "last_attention"):
