@@ -66,8 +66,8 @@ def pose_pck_accuracy(output: torch.Tensor, target: torch.Tensor, mask: torch.Te
     valid = mask.sum(0)
     hits = ((dist < thr) & mask).sum(0)
     per_kpt = hits.float() / valid.clamp(min=1)
-    has = valid > 0
-    return per_kpt[has].mean() if has.any() else torch.zeros((), device=output.device)
+    has = (valid > 0).float()                      # mean over the keypoints that have a target (0 if none);
+    return (per_kpt * has).sum() / has.sum().clamp(min=1)   # no data-dependent indexing: one compiled graph
 
 
 class TopDownPose(VitlabModel):
