@@ -37,11 +37,11 @@ def vitlab(*args: str) -> str:
     return done.stdout
 
 
-def pretrain(out: Path, loss: str, seed: int, threads: int, epochs: int | None) -> Path:
+def pretrain(out: Path, loss: str, seed: int, threads: int, extra: list[str]) -> Path:
     run = out / f"{TAGS[loss]}_s{seed}"
     if not (run / "final.json").is_file():
         vitlab("pretrain", "--preset", "texture_scenes", "--loss", loss, "--seed", str(seed), "--threads",
-               str(threads), "-o", str(run), *(["--epochs", str(epochs)] if epochs else []),
+               str(threads), "-o", str(run), *extra,
                *(["--resume", str(run)] if (run / "last.pth").is_file() else []))
     return run
 
@@ -119,15 +119,19 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--losses", nargs="+", default=["view", "view+region"], choices=list(LOSSES))
     p.add_argument("--epochs", type=int, help="instead of the preset's 30")
+    p.add_argument("--lr", type=float, help="per 256 images, instead of the preset's 0.004")
+    p.add_argument("--centering", choices=("ema", "sinkhorn"), help="teacher targets, instead of the preset's ema")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pairs", type=int, default=100, help="image pairs for the correspondence accuracy")
     args = p.parse_args()
     out = Path(args.out)
     if args.train:
         out.mkdir(parents=True, exist_ok=True)
+        extra = [*(["--epochs", str(args.epochs)] if args.epochs else []), *(["--lr", str(args.lr)] if args.lr else []),
+                 *(["--centering", args.centering] if args.centering else [])]
         for seed in args.seeds:
             for loss in args.losses:
-                pretrain(out, loss, seed, args.threads, args.epochs)
+                pretrain(out, loss, seed, args.threads, extra)
     text = table(out, args.losses, args.seeds, args.threads, args.pairs)
     (out / "region_loss.md").write_text(text + "\n")
     print(text)
