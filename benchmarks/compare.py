@@ -282,22 +282,21 @@ def main(argv=None) -> int:
     if args.compiled_train is not None:
         names = args.compiled_train or COMPILED_TRAIN_MODELS
         rows = [r for name in names for r in bench_compiled_training(name, args, device)]
-        table = compiled_markdown(rows, header + " · training step = forward, loss, backward, AdamW")
-        print(table)
-        if args.out:
-            from vitlab.checkpoints.atomic import atomic_write_text
-            atomic_write_text(args.out, table)
-        return 0
+        return _report(compiled_markdown(rows, header + " · training step = forward, loss, backward, AdamW"), args.out)
     rows = []
     if args.kernel_batch:
         rows += bench_outlook_kernel(args, device)
     for name in args.models:
         rows += bench_model(name, args, device, dtype)
-    table = markdown(rows, header)
+    return _report(markdown(rows, header), args.out)
+
+
+def _report(table: str, out: Path | None) -> int:
+    """Print the table and write it to ``out`` (atomically) when given."""
     print(table)
-    if args.out:
+    if out:
         from vitlab.checkpoints.atomic import atomic_write_text
-        atomic_write_text(args.out, table)
+        atomic_write_text(out, table)
     return 0
 
 

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vitlab.checkpoints.atomic import atomic_write_text
+
 LOSSES = {"view": "L_V (DINO)", "view+region": "L_V + L_R (EsViT)", "region": "L_R alone"}
 TAGS = {"view": "v", "view+region": "vr", "region": "r"}
 
@@ -58,10 +60,7 @@ def evaluate(run: Path, baselines: bool, threads: int, pairs: int) -> dict[str, 
     for key, args in commands.items():
         path = folder / f"{key}{'_baselines' if baselines else ''}.json"
         if not path.is_file():
-            text = vitlab(*args, "--model", str(run), "--threads", str(threads), "--json", *extra)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            atomic_write_text(path, vitlab(*args, "--model", str(run), "--threads", str(threads), "--json", *extra))
         rows[key] = json.loads(path.read_text())
     return rows
 
@@ -133,7 +132,7 @@ def main() -> None:
             for loss in args.losses:
                 pretrain(out, loss, seed, args.threads, extra)
     text = table(out, args.losses, args.seeds, args.threads, args.pairs)
-    (out / "region_loss.md").write_text(text + "\n")
+    atomic_write_text(out / "region_loss.md", text + "\n")
     print(text)
 
 

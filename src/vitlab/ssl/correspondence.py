@@ -61,16 +61,21 @@ def true_matches(geom_a: dict, geom_b: dict, view_a: tuple[int, int], view_b: tu
     return locate_in_view(centres, geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
 
 
+def within_one_token(pred: torch.Tensor, target: torch.Tensor, width: int) -> torch.Tensor:
+    """Whether grid indices ``pred`` and ``target`` (row-major, ``width`` columns) are at most one token apart
+    in both directions."""
+    return ((pred // width - target // width).abs() <= 1) & ((pred % width - target % width).abs() <= 1)
+
+
 def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom_b: dict, view_a, view_b,
                 grid_a, grid_b) -> dict[str, torch.Tensor]:
     """Per valid A token: ``exact`` / ``within_one`` (0/1), ``distance_px`` and ``chance``, for one pair of
     views with (N_A, C) / (N_B, C) token features."""
-    target, valid = true_matches(geom_a, geom_b, view_a, view_b, grid_a, grid_b)
+    centres_a = token_centres(geom_a["box"], bool(geom_a["flip"]), view_a, grid_a)
+    target, valid = locate_in_view(centres_a, geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
     sim = F.normalize(feats_a.float(), dim=-1) @ F.normalize(feats_b.float(), dim=-1).T
     pred = sim.argmax(1).cpu()
-    gw = grid_b[1]
-    near = ((pred // gw - target // gw).abs() <= 1) & ((pred % gw - target % gw).abs() <= 1)
-    centres_a = token_centres(geom_a["box"], bool(geom_a["flip"]), view_a, grid_a)
+    near = within_one_token(pred, target, grid_b[1])
     centres_b = token_centres(geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
     dist = (centres_b[pred] - centres_a).norm(dim=1)
     n_valid = int(valid.sum())

@@ -48,12 +48,12 @@ def region_matches(backbone, view_a: torch.Tensor, view_b: torch.Tensor, top: in
 def match_verdicts(matches, geometry, view_a: torch.Tensor, view_b: torch.Tensor, ga, gb) -> list[str]:
     """For each (i, j, cos) match: 'true' / 'one off' / 'wrong' / 'outside' (no true match: A's token lies outside
     view B) from the two crops' geometry (``box`` / ``flip`` dicts, see :mod:`vitlab.ssl.correspondence`)."""
-    from vitlab.ssl.correspondence import true_matches
+    from vitlab.ssl.correspondence import true_matches, within_one_token
     target, valid = true_matches(geometry[0], geometry[1], tuple(view_a.shape[-2:]), tuple(view_b.shape[-2:]), ga, gb)
     out = []
     for i, j, _ in matches:
-        t, w = int(target[i]), gb[1]
-        near = abs(j // w - t // w) <= 1 and abs(j % w - t % w) <= 1
+        t = int(target[i])
+        near = bool(within_one_token(torch.tensor(j), torch.tensor(t), gb[1]))
         out.append("outside" if not valid[i] else "true" if j == t else "one off" if near else "wrong")
     return out
 
