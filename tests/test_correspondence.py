@@ -83,7 +83,27 @@ def test_evaluator_on_position_encoding_images():
     dataset = [(image, 0)] * 6
     res = evaluate_correspondence(PositionBackbone(), dataset, mean=(0, 0, 0), std=(1, 1, 1), in_chans=3,
                                   view_size=64, pairs=6, photometric=False)
-    assert res["pairs"] == 6 and res["grid"] == "8x8"
+    assert res["pairs"] == 6 and res["images"] == 6 and res["grid"] == "8x8"
     assert res["exact"] > 90.0 and res["within_one"] == 100.0
     assert res["chance"] == pytest.approx(100 / 64)
     assert math.isfinite(res["distance_px"])
+    more = evaluate_correspondence(PositionBackbone(), dataset, mean=(0, 0, 0), std=(1, 1, 1), in_chans=3,
+                                   view_size=64, pairs=9, photometric=False)
+    assert more["pairs"] == 9 and more["images"] == 6 and more["tokens"] > res["tokens"]
+
+
+def test_region_scores_on_a_two_texture_image():
+    labels = torch.zeros(32, 32, dtype=torch.long)
+    labels[:, 16:] = 1                                                              # left half 0, right half 1
+    labels[:8, 8:16] = 255                                                          # unlabelled: token 1
+    geom = {"box": torch.tensor([0.0, 0.0, 32.0, 32.0]), "flip": 0.0}
+    cols = torch.arange(16) % 4
+    by_class = nn.functional.one_hot((cols >= 2).long(), 2).double()               # knows the texture only
+    s = pair_scores(by_class, by_class, geom, geom, (32, 32), (32, 32), (4, 4), (4, 4), label_map=labels)
+    assert len(s["exact"]) == 16 and len(s["same_region"]) == 15                  # the unlabelled token is left out
+    assert s["same_region"].mean() == 1.0
+    oracle = torch.tensor([1 / 7] * 7 + [1 / 8] * 8, dtype=torch.float64)         # 7 (8) tokens of class 0 (1)
+    assert torch.allclose(s["label_oracle"].sort().values, oracle.sort().values)
+    wrong = by_class.flip(1)                                                        # swapped textures
+    s = pair_scores(by_class, wrong, geom, geom, (32, 32), (32, 32), (4, 4), (4, 4), label_map=labels)
+    assert s["same_region"].mean() == 0.0 and s["exact"].mean() == 0.0

@@ -12,7 +12,16 @@ L_R trains on). The paper's two numbers are reported:
 * distance error - mean l2 distance, in pixels of the original image, between the centre of the
   predicted B token and the A token's centre (``distance_px``).
 
-``chance`` is the exact accuracy of a uniformly random match (mean of 1 / N_B). The pure functions
+``chance`` is the exact accuracy of a uniformly random match (mean of 1 / N_B). When the images come with
+label maps (the texture scenes), two region-level numbers are added, read at the token centres:
+
+* ``same_region`` - share of A tokens whose predicted B token shows the same class (texture) as the A token:
+  a match that lands elsewhere inside the right region counts here but not in ``exact``;
+* ``label_oracle`` - the exact accuracy of features that know each token's class and nothing else (the
+  match drawn uniformly among B's tokens of the true token's class): how much of ``exact`` class identity
+  alone can explain. Inside a uniform texture, tokens differ only by position and content details.
+
+The pure functions
 work on one pair of views; :func:`evaluate_correspondence` runs a backbone over pairs of DINO global
 views of a dataset's images.
 """
@@ -67,10 +76,20 @@ def within_one_token(pred: torch.Tensor, target: torch.Tensor, width: int) -> to
     return ((pred // width - target // width).abs() <= 1) & ((pred % width - target % width).abs() <= 1)
 
 
+def labels_at(points: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+    """Class of an (H, W) label map at (P, 2) continuous (y, x) points (clamped to the image)."""
+    h, w = label_map.shape
+    y = points[:, 0].floor().long().clamp(0, h - 1)
+    x = points[:, 1].floor().long().clamp(0, w - 1)
+    return label_map[y, x]
+
+
 def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom_b: dict, view_a, view_b,
-                grid_a, grid_b) -> dict[str, torch.Tensor]:
+                grid_a, grid_b, label_map: torch.Tensor | None = None,
+                ignore_index: int = 255) -> dict[str, torch.Tensor]:
     """Per valid A token: ``exact`` / ``within_one`` (0/1), ``distance_px`` and ``chance``, for one pair of
-    views with (N_A, C) / (N_B, C) token features."""
+    views with (N_A, C) / (N_B, C) token features; with the image's (H, W) ``label_map`` also
+    ``same_region`` (0/1) and ``label_oracle`` (over the valid A tokens not on an ``ignore_index`` pixel)."""
     centres_a = token_centres(geom_a["box"], bool(geom_a["flip"]), view_a, grid_a)
     target, valid = locate_in_view(centres_a, geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
     sim = F.normalize(feats_a.float(), dim=-1) @ F.normalize(feats_b.float(), dim=-1).T
@@ -79,8 +98,16 @@ def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom
     centres_b = token_centres(geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
     dist = (centres_b[pred] - centres_a).norm(dim=1)
     n_valid = int(valid.sum())
-    return {"exact": (pred == target)[valid].double(), "within_one": near[valid].double(),
-            "distance_px": dist[valid], "chance": torch.full((n_valid,), 1.0 / len(feats_b), dtype=torch.float64)}
+    out = {"exact": (pred == target)[valid].double(), "within_one": near[valid].double(),
+           "distance_px": dist[valid], "chance": torch.full((n_valid,), 1.0 / len(feats_b), dtype=torch.float64)}
+    if label_map is not None:
+        label_map = torch.as_tensor(label_map).cpu()
+        class_a, class_b = labels_at(centres_a, label_map), labels_at(centres_b, label_map)
+        keep = valid & (class_a != ignore_index)
+        same_as_true = class_b[None, :] == class_b[target][:, None]                 # (N_A, N_B)
+        out["same_region"] = (class_b[pred] == class_a)[keep].double()
+        out["label_oracle"] = (1.0 / same_as_true.sum(1).double())[keep]
+    return out
 
 
 def summarise(scores: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -89,29 +116,41 @@ def summarise(scores: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     n = len(cat["exact"])
     if n == 0:
         raise ValueError("no token of view A lies inside view B in any pair: nothing to score")
-    return {"exact": 100.0 * float(cat["exact"].mean()), "within_one": 100.0 * float(cat["within_one"].mean()),
-            "distance_px": float(cat["distance_px"].mean()), "chance": 100.0 * float(cat["chance"].mean()),
-            "tokens": n, "pairs": len(scores)}
+    out = {"exact": 100.0 * float(cat["exact"].mean()), "within_one": 100.0 * float(cat["within_one"].mean()),
+           "distance_px": float(cat["distance_px"].mean()), "chance": 100.0 * float(cat["chance"].mean()),
+           "tokens": n, "pairs": len(scores)}
+    for key in ("same_region", "label_oracle"):
+        if key in cat and len(cat[key]):
+            out[key] = 100.0 * float(cat[key].mean())
+    return out
 
 
 @torch.no_grad()
 def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view_size: int, pairs: int = 200,
                             seed: int = 0, photometric: bool = True, scale=(0.4, 1.0), device="cpu",
-                            batch_size: int = 64) -> dict[str, float]:
+                            batch_size: int = 64, label_maps=None) -> dict[str, float]:
     """Correspondence of ``backbone``'s final-stage tokens over ``pairs`` images of ``dataset`` (items
     ``(uint8 or [0, 1] image, label)`` with no transform), each seen as the two DINO global views of
-    :class:`~vitlab.data.multicrop.MultiCropTransform` (seeded by ``seed`` and the index)."""
+    :class:`~vitlab.data.multicrop.MultiCropTransform` (seeded by ``seed`` and the pair's index). Pair i shows
+    image i mod N, so more pairs than images draws further view pairs of the same images. ``label_maps``
+    ((N, H, W) classes of the same images, 255 = unlabelled) adds the region-level scores."""
     from vitlab.data.multicrop import MultiCropConfig, MultiCropTransform, apply_photometric, normalize_images
     from vitlab.ssl.region_tokens import split_features
     transform = MultiCropTransform(MultiCropConfig(global_size=view_size, n_local=0, global_scale=tuple(scale)),
                                    in_chans)
     backbone.eval()
-    scores, count = [], min(pairs, len(dataset))
-    for start in range(0, count, batch_size):
+    if pairs < 1 or len(dataset) == 0:
+        raise ValueError(f"correspondence needs at least one pair and one image, got {pairs} pairs of "
+                         f"{len(dataset)} images")
+    images = min(pairs, len(dataset))
+    if label_maps is not None and len(label_maps) < images:
+        raise ValueError(f"label_maps: expected one map per scored image ({images}), got {len(label_maps)}")
+    scores = []
+    for start in range(0, pairs, batch_size):
         items = []
-        for idx in range(start, min(start + batch_size, count)):
+        for idx in range(start, min(start + batch_size, pairs)):
             g = torch.Generator().manual_seed(seed * 1_000_003 + idx)
-            items.append(transform(dataset[idx][0], g))
+            items.append(transform(dataset[idx % len(dataset)][0], g))
         views, geoms = [], []
         for v in range(2):
             crops = torch.stack([crops[v] for crops, _ in items]).to(device)
@@ -124,5 +163,7 @@ def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view
         (ta, grid_a), (tb, grid_b) = views
         size = (view_size, view_size)
         for i in range(len(items)):
-            scores.append(pair_scores(ta[i], tb[i], geoms[0][i], geoms[1][i], size, size, grid_a, grid_b))
-    return {**summarise(scores), "grid": f"{grid_a[0]}x{grid_a[1]}"}
+            label_map = None if label_maps is None else torch.as_tensor(label_maps[(start + i) % len(dataset)])
+            scores.append(pair_scores(ta[i], tb[i], geoms[0][i], geoms[1][i], size, size, grid_a, grid_b,
+                                      label_map=label_map))
+    return {**summarise(scores), "images": images, "grid": f"{grid_a[0]}x{grid_a[1]}"}
