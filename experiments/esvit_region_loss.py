@@ -2,6 +2,7 @@
 
     python experiments/esvit_region_loss.py --train --out runs/scenes       # 4 pretraining runs, then the table
     python experiments/esvit_region_loss.py --out runs/scenes               # the table of finished runs
+    python experiments/esvit_region_loss.py --figure budget.png --budgets runs/scenes runs/scenes90 runs/scenes180
 
 Pretraining: ``vitlab pretrain --preset texture_scenes --loss {view,view+region} --seed {0,1}`` (swin_micro,
 5x5 final tokens on the 80 px global crops of the built-in texture scenes; labels are never seen). Each
@@ -16,7 +17,8 @@ finished run is scored with the three frozen-feature evaluators, every one a ``v
 
 Random initialisation and raw pixels are scored beside them (``--baselines``). Each method's row is the
 mean of its seeds, with the spread (half the range) after the ±. The table is printed as markdown and
-written to ``OUT/region_loss.md``; every command's JSON output is kept in ``OUT/<run>/eval/``.
+written to ``OUT/region_loss.md``; every command's JSON output is kept in ``OUT/<run>/eval/``. ``--figure``
+draws the scores of several study folders (one pretraining budget each) against the number of steps.
 """
 from __future__ import annotations
 
@@ -51,19 +53,27 @@ def pretrain(out: Path, loss: str, seed: int, threads: int, extra: list[str]) ->
 
 
 def evaluate(run: Path, baselines: bool, threads: int, pairs: int) -> dict[str, list[dict]]:
-    """The three evaluators' JSON rows for one run (cached in ``run/eval``)."""
+    """The three evaluators' JSON rows for one run (cached in ``run/eval``; a cached run with baselines serves
+    a request without them: its first row is the run)."""
     folder = run / "eval"
     folder.mkdir(exist_ok=True)
     extra = ["--baselines"] if baselines else []
     commands = {"knn": ["knn", "--data", "texture-scenes"],
                 "dense": ["dense-probe", "--data", "texture-scenes"],
                 "corr": ["correspondence", "--data", "texture-scenes", "--pairs", str(pairs)]}
+
+    def fresh(path: Path) -> bool:                  # correspondence rows from before the same-texture score
+        if not path.is_file():
+            return False
+        row = json.loads(path.read_text())[0]
+        return path.name[:4] != "corr" or (row.get("same_region") is not None and row.get("pairs") == pairs)
     rows = {}
     for key, args in commands.items():
         path = folder / f"{key}{'_baselines' if baselines else ''}.json"
-        stale = key == "corr" and path.is_file() and (json.loads(path.read_text())[0].get("same_region") is None
-                                                      or json.loads(path.read_text())[0]["pairs"] != pairs)
-        if stale or not path.is_file():
+        with_baselines = folder / f"{key}_baselines.json"
+        if not baselines and fresh(with_baselines):
+            path = with_baselines
+        elif not fresh(path):
             atomic_write_text(path, vitlab(*args, "--model", str(run), "--threads", str(threads), "--json", *extra))
         rows[key] = json.loads(path.read_text())
     return rows
@@ -117,6 +127,61 @@ def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: i
     return "\n".join(lines)
 
 
+PANELS = (("knn", "k-NN top-1 %"), ("miou", "dense probe mIoU"), ("exact", "correspondence exact %"),
+          ("same", "matches on the right texture %"))
+
+
+def budget_figure(outs: list[Path], losses: list[str], seeds: list[int], threads: int, pairs: int,
+                  path: Path) -> None:
+    """One panel per score against pretraining steps (one study folder per budget): each loss's seed mean with
+    the range as error bars, random initialisation dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitlab.checkpoints.atomic import atomic_write
+    series, baseline = {loss: [] for loss in losses}, None
+    for out in outs:
+        for loss in losses:
+            per_seed = []
+            for seed in seeds:
+                run = out / f"{TAGS[loss]}_s{seed}"
+                if not (run / "final.json").is_file():
+                    continue
+                rows = evaluate(run, baselines=baseline is None, threads=threads, pairs=pairs)
+                baseline = baseline or metrics(rows, 1)
+                per_seed.append({**metrics(rows, 0), "steps": json.loads((run / "final.json").read_text())["step"]})
+            if per_seed:
+                series[loss].append(per_seed)
+    if baseline is None:
+        raise SystemExit(f"no finished run in {', '.join(map(str, outs))}")
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.8), constrained_layout=True)
+    for ax, (key, title) in zip(axes, PANELS):
+        for i, (loss, points) in enumerate(series.items()):
+            if not points:
+                continue
+            nudge = 1.0 + 0.03 * (i - (len(series) - 1) / 2)                  # side by side, not on top
+            steps = [p[0]["steps"] * nudge for p in points]
+            vals = [[m[key] for m in p] for p in points]
+            mean = [sum(v) / len(v) for v in vals]
+            err = [[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]]
+            ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=f"{LOSSES[loss]}, {len(vals[-1])} seeds")
+        ax.axhline(baseline[key], color="0.4", ls="--", lw=1, label="random initialisation")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({p[0]["steps"] for pts in series.values() for p in pts}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("pretraining steps (batch 32)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("EsViT on the texture scenes (swin_micro, 5x5 final tokens): view loss alone vs view + region "
+                 "loss; points = seed mean, bars = range", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/scenes", help="folder of the runs (and of the table)")
@@ -129,7 +194,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pairs", type=int, default=400,
                    help="view pairs for the correspondence accuracy (4 per held-out image by default)")
+    p.add_argument("--figure", type=Path, help="draw the scores of the --budgets folders against the steps here")
+    p.add_argument("--budgets", type=Path, nargs="+", help="study folders of one pretraining budget each")
     args = p.parse_args()
+    if args.figure:
+        if not args.budgets:
+            raise SystemExit("--figure needs --budgets DIR [DIR ...] (study folders of different budgets)")
+        budget_figure(args.budgets, args.losses, args.seeds, args.threads, args.pairs, args.figure)
+        print(f"wrote {args.figure}")
+        return
     out = Path(args.out)
     if args.train:
         out.mkdir(parents=True, exist_ok=True)
