@@ -100,7 +100,8 @@ def cell(values: list[float], digits: int = 2) -> str:
 def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: int) -> str:
     lines = ["| features | k-NN top-1 % | dense probe mIoU | correspondence exact % | within one token % | "
              "distance error px | same texture % | minutes per run |", "|---|---|---|---|---|---|---|---|"]
-    baseline_rows = None
+    baseline_rows, by_seed = None, {}
+    keys = ("knn", "miou", "exact", "within", "dist", "same", "min")
     for loss in losses:
         label, per_seed = LOSSES[loss], []
         finished = [s for s in seeds if (out / f"{TAGS[loss]}_s{s}" / "final.json").is_file()]
@@ -112,11 +113,17 @@ def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: i
             if baseline_rows is None:
                 baseline_rows = rows
             per_seed.append({**metrics(rows, 0), "min": minutes(run)})
-        cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2)
-                for k in ("knn", "miou", "exact", "within", "dist", "same", "min")]
+            by_seed[loss, seed] = per_seed[-1]
+        cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2) for k in keys]
         lines.append(f"| {label}, {len(finished)} seed{'s' if len(finished) > 1 else ''} | " + " | ".join(cols) + " |")
     if baseline_rows is None:
         raise SystemExit(f"no finished run in {out}: pass --train, or wait for the runs")
+    paired = [s for s in seeds if ("view", s) in by_seed and ("view+region", s) in by_seed]
+    if paired:                                                  # same seed: same initialisation and data order
+        gains = [cell([by_seed["view+region", s][k] - by_seed["view", s][k] for s in paired], 1 if k == "min" else 2)
+                 for k in keys]
+        lines.append(f"| L_R's gain, paired by seed ({len(paired)} seed{'s' if len(paired) > 1 else ''}) | "
+                     + " | ".join(gains) + " |")
     for i, label in ((1, "random initialisation"), (2, "raw pixels")):
         m = metrics(baseline_rows, i)
         lines.append(f"| {label} | {m['knn']:.2f} | {m['miou']:.2f} | {m['exact']:.2f} | {m['within']:.2f} | "
@@ -128,7 +135,7 @@ def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: i
 
 
 PANELS = (("knn", "k-NN top-1 %"), ("miou", "dense probe mIoU"), ("exact", "correspondence exact %"),
-          ("same", "matches on the right texture %"))
+          ("within", "correspondence within one token %"), ("same", "matches on the right texture %"))
 
 
 def budget_figure(outs: list[Path], losses: list[str], seeds: list[int], threads: int, pairs: int,
@@ -155,7 +162,7 @@ def budget_figure(outs: list[Path], losses: list[str], seeds: list[int], threads
                 series[loss].append(per_seed)
     if baseline is None:
         raise SystemExit(f"no finished run in {', '.join(map(str, outs))}")
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.7 * len(PANELS), 3.8), constrained_layout=True)
     for ax, (key, title) in zip(axes, PANELS):
         for i, (loss, points) in enumerate(series.items()):
             if not points:
@@ -165,18 +172,19 @@ def budget_figure(outs: list[Path], losses: list[str], seeds: list[int], threads
             vals = [[m[key] for m in p] for p in points]
             mean = [sum(v) / len(v) for v in vals]
             err = [[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]]
-            ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=f"{LOSSES[loss]}, {len(vals[-1])} seeds")
+            ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=LOSSES[loss])
         ax.axhline(baseline[key], color="0.4", ls="--", lw=1, label="random initialisation")
         ax.set_xscale("log")
         ax.set_xticks(sorted({p[0]["steps"] for pts in series.values() for p in pts}))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("pretraining steps (batch 32)")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("EsViT on the texture scenes (swin_micro, 5x5 final tokens): view loss alone vs view + region "
-                 "loss; points = seed mean, bars = range", fontsize=10)
+    seeds_per_budget = ", ".join(f"{len(p)} at {p[0]['steps']:,}" for p in max(series.values(), key=len))
+    fig.suptitle("EsViT on the texture scenes (swin_micro, 5x5 final tokens): view loss alone vs view + region loss; "
+                 f"points = mean over seeds ({seeds_per_budget} steps), bars = range", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)

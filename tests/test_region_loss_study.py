@@ -41,6 +41,7 @@ def test_table_is_the_seed_mean_with_the_spread(study, tmp_path):
     rows = text.splitlines()
     assert rows[2].startswith("| L_V (DINO), 2 seeds | 41.00 ± 1.00 | 41.00 ± 1.00 | 10.25 ± 0.25 |")
     assert rows[3].startswith("| L_V + L_R (EsViT), 1 seed | 44.00 | 44.00 | 11.00 |")
+    assert rows[4].startswith("| L_R's gain, paired by seed (1 seed) | 4.00 | 4.00 | 1.00 |")     # seed 0 only
     assert "| random initialisation | 30.00 | 39.00 | 9.00 |" in text       # the mean-centred k-NN row is skipped
     assert "matching by texture alone: 13.00%" in text
 
