@@ -107,3 +107,10 @@ def test_region_scores_on_a_two_texture_image():
     wrong = by_class.flip(1)                                                        # swapped textures
     s = pair_scores(by_class, wrong, geom, geom, (32, 32), (32, 32), (4, 4), (4, 4), label_map=labels)
     assert s["same_region"].mean() == 0.0 and s["exact"].mean() == 0.0
+
+
+def test_label_maps_of_another_size_are_refused():
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"label map 0 is \(16, 16\), expected the image's height x width"):
+        evaluate_correspondence(PositionBackbone(), [(image, 0)], mean=(0, 0, 0), std=(1, 1, 1), in_chans=3,
+                                view_size=32, pairs=1, label_maps=torch.zeros(1, 16, 16, dtype=torch.long))

@@ -89,7 +89,8 @@ def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom
                 ignore_index: int = 255) -> dict[str, torch.Tensor]:
     """Per valid A token: ``exact`` / ``within_one`` (0/1), ``distance_px`` and ``chance``, for one pair of
     views with (N_A, C) / (N_B, C) token features; with the image's (H, W) ``label_map`` also
-    ``same_region`` (0/1) and ``label_oracle`` (over the valid A tokens not on an ``ignore_index`` pixel)."""
+    ``same_region`` (0/1) and ``label_oracle`` (over the valid A tokens whose centre and true match are not on
+    an ``ignore_index`` pixel)."""
     centres_a = token_centres(geom_a["box"], bool(geom_a["flip"]), view_a, grid_a)
     target, valid = locate_in_view(centres_a, geom_b["box"], bool(geom_b["flip"]), view_b, grid_b)
     sim = F.normalize(feats_a.float(), dim=-1) @ F.normalize(feats_b.float(), dim=-1).T
@@ -103,7 +104,7 @@ def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom
     if label_map is not None:
         label_map = torch.as_tensor(label_map).cpu()
         class_a, class_b = labels_at(centres_a, label_map), labels_at(centres_b, label_map)
-        keep = valid & (class_a != ignore_index)
+        keep = valid & (class_a != ignore_index) & (class_b[target] != ignore_index)
         same_as_true = class_b[None, :] == class_b[target][:, None]                 # (N_A, N_B)
         out["same_region"] = (class_b[pred] == class_a)[keep].double()
         out["label_oracle"] = (1.0 / same_as_true.sum(1).double())[keep]
@@ -129,7 +130,7 @@ def summarise(scores: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view_size: int, pairs: int = 200,
                             seed: int = 0, photometric: bool = True, scale=(0.4, 1.0), device="cpu",
                             batch_size: int = 64, label_maps=None) -> dict[str, float]:
-    """Correspondence of ``backbone``'s final-stage tokens over ``pairs`` images of ``dataset`` (items
+    """Correspondence of ``backbone``'s final-stage tokens over ``pairs`` view pairs of ``dataset``'s images (items
     ``(uint8 or [0, 1] image, label)`` with no transform), each seen as the two DINO global views of
     :class:`~vitlab.data.multicrop.MultiCropTransform` (seeded by ``seed`` and the pair's index). Pair i shows
     image i mod N, so more pairs than images draws further view pairs of the same images. ``label_maps``
@@ -150,7 +151,12 @@ def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view
         items = []
         for idx in range(start, min(start + batch_size, pairs)):
             g = torch.Generator().manual_seed(seed * 1_000_003 + idx)
-            items.append(transform(dataset[idx % len(dataset)][0], g))
+            image = dataset[idx % len(dataset)][0]
+            if label_maps is not None and tuple(label_maps[idx % len(dataset)].shape) not in (
+                    tuple(image.shape[:2]), tuple(image.shape[-2:])):
+                raise ValueError(f"label map {idx % len(dataset)} is {tuple(label_maps[idx % len(dataset)].shape)}, "
+                                 f"expected the image's height x width (image {tuple(image.shape)})")
+            items.append(transform(image, g))
         views, geoms = [], []
         for v in range(2):
             crops = torch.stack([crops[v] for crops, _ in items]).to(device)
