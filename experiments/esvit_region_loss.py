@@ -3,6 +3,7 @@
     python experiments/esvit_region_loss.py --train --out runs/scenes       # 4 pretraining runs, then the table
     python experiments/esvit_region_loss.py --out runs/scenes               # the table of finished runs
     python experiments/esvit_region_loss.py --figure budget.png --budgets runs/scenes runs/scenes90 runs/scenes180
+    python experiments/esvit_region_loss.py --gains runs/scenes runs/scenes_lr4 runs/scenes180 --seeds 0 1 2
 
 Pretraining: ``vitlab pretrain --preset texture_scenes --loss {view,view+region} --seed {0,1}`` (swin_micro,
 5x5 final tokens on the 80 px global crops of the built-in texture scenes; labels are never seen). Each
@@ -62,21 +63,23 @@ def evaluate(run: Path, baselines: bool, threads: int, pairs: int) -> dict[str, 
                 "dense": ["dense-probe", "--data", "texture-scenes"],
                 "corr": ["correspondence", "--data", "texture-scenes", "--pairs", str(pairs)]}
 
-    def fresh(path: Path) -> bool:                  # correspondence rows from before the same-texture score
+    def cached(path: Path, key: str) -> list[dict] | None:
+        """The rows at ``path``; None when missing or scored otherwise (correspondence from before the
+        same-texture score, or with another number of pairs)."""
         if not path.is_file():
-            return False
-        row = json.loads(path.read_text())[0]
-        return path.name[:4] != "corr" or (row.get("same_region") is not None and row.get("pairs") == pairs)
-    rows = {}
+            return None
+        rows = json.loads(path.read_text())
+        stale = key == "corr" and (rows[0].get("same_region") is None or rows[0].get("pairs") != pairs)
+        return None if stale else rows
+    out = {}
     for key, args in commands.items():
         path = folder / f"{key}{'_baselines' if baselines else ''}.json"
-        with_baselines = folder / f"{key}_baselines.json"
-        if not baselines and fresh(with_baselines):
-            path = with_baselines
-        elif not fresh(path):
+        rows = (None if baselines else cached(folder / f"{key}_baselines.json", key)) or cached(path, key)
+        if rows is None:
             atomic_write_text(path, vitlab(*args, "--model", str(run), "--threads", str(threads), "--json", *extra))
-        rows[key] = json.loads(path.read_text())
-    return rows
+            rows = json.loads(path.read_text())
+        out[key] = rows
+    return out
 
 
 def metrics(rows: dict[str, list[dict]], i: int) -> dict[str, float]:
@@ -87,8 +90,32 @@ def metrics(rows: dict[str, list[dict]], i: int) -> dict[str, float]:
             "same": rows["corr"][i]["same_region"]}
 
 
-def minutes(run: Path) -> float:
-    return float(json.loads((run / "final.json").read_text())["minutes"])
+def study_scores(out: Path, losses: list[str], seeds: list[int], threads: int,
+                 pairs: int) -> tuple[dict[tuple[str, int], dict], dict[str, list[dict]] | None]:
+    """``({(loss, seed): scores + minutes + steps}, evaluator rows with the baselines)`` of a study folder's
+    finished runs (the first finished run is also scored with the baselines)."""
+    by_seed, baseline_rows = {}, None
+    for loss in losses:
+        for seed in seeds:
+            run = out / f"{TAGS[loss]}_s{seed}"
+            if not (run / "final.json").is_file():
+                continue
+            rows = evaluate(run, baselines=baseline_rows is None, threads=threads, pairs=pairs)
+            baseline_rows = baseline_rows or rows
+            final = json.loads((run / "final.json").read_text())
+            by_seed[loss, seed] = {**metrics(rows, 0), "min": float(final["minutes"]), "steps": int(final["step"])}
+    return by_seed, baseline_rows
+
+
+def paired_gains(by_seed: dict[tuple[str, int], dict], seeds: list[int]) -> tuple[list[int], dict[str, str]]:
+    """L_V + L_R minus L_V for the seeds that have both (same seed: same initialisation and data order)."""
+    paired = [s for s in seeds if ("view", s) in by_seed and ("view+region", s) in by_seed]
+    return paired, {k: cell([by_seed["view+region", s][k] - by_seed["view", s][k] for s in paired],
+                            1 if k == "min" else 2) for k in KEYS} if paired else {}
+
+
+def seeds_label(n: int) -> str:
+    return f"{n} seed{'s' if n > 1 else ''}"
 
 
 def cell(values: list[float], digits: int = 2) -> str:
@@ -97,40 +124,43 @@ def cell(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+KEYS = ("knn", "miou", "exact", "within", "dist", "same", "min")
+HEADER = ("| k-NN top-1 % | dense probe mIoU | correspondence exact % | within one token % | distance error px | "
+          "same texture % | minutes per run |")
+
+
 def table(out: Path, losses: list[str], seeds: list[int], threads: int, pairs: int) -> str:
-    lines = ["| features | k-NN top-1 % | dense probe mIoU | correspondence exact % | within one token % | "
-             "distance error px | same texture % | minutes per run |", "|---|---|---|---|---|---|---|---|"]
-    baseline_rows, by_seed = None, {}
-    keys = ("knn", "miou", "exact", "within", "dist", "same", "min")
-    for loss in losses:
-        label, per_seed = LOSSES[loss], []
-        finished = [s for s in seeds if (out / f"{TAGS[loss]}_s{s}" / "final.json").is_file()]
-        if not finished:
-            continue
-        for seed in finished:
-            run = out / f"{TAGS[loss]}_s{seed}"
-            rows = evaluate(run, baselines=baseline_rows is None, threads=threads, pairs=pairs)
-            if baseline_rows is None:
-                baseline_rows = rows
-            per_seed.append({**metrics(rows, 0), "min": minutes(run)})
-            by_seed[loss, seed] = per_seed[-1]
-        cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2) for k in keys]
-        lines.append(f"| {label}, {len(finished)} seed{'s' if len(finished) > 1 else ''} | " + " | ".join(cols) + " |")
+    by_seed, baseline_rows = study_scores(out, losses, seeds, threads, pairs)
     if baseline_rows is None:
         raise SystemExit(f"no finished run in {out}: pass --train, or wait for the runs")
-    paired = [s for s in seeds if ("view", s) in by_seed and ("view+region", s) in by_seed]
-    if paired:                                                  # same seed: same initialisation and data order
-        gains = [cell([by_seed["view+region", s][k] - by_seed["view", s][k] for s in paired], 1 if k == "min" else 2)
-                 for k in keys]
-        lines.append(f"| L_R's gain, paired by seed ({len(paired)} seed{'s' if len(paired) > 1 else ''}) | "
-                     + " | ".join(gains) + " |")
+    lines = ["| features " + HEADER, "|---" * (len(KEYS) + 1) + "|"]
+    for loss in losses:
+        per_seed = [by_seed[loss, s] for s in seeds if (loss, s) in by_seed]
+        if per_seed:
+            cols = [cell([m[k] for m in per_seed], 1 if k == "min" else 2) for k in KEYS]
+            lines.append(f"| {LOSSES[loss]}, {seeds_label(len(per_seed))} | " + " | ".join(cols) + " |")
+    paired, gains = paired_gains(by_seed, seeds)
+    if paired:
+        lines.append(f"| L_R's gain, paired by seed ({seeds_label(len(paired))}) | "
+                     + " | ".join(gains[k] for k in KEYS) + " |")
     for i, label in ((1, "random initialisation"), (2, "raw pixels")):
         m = metrics(baseline_rows, i)
-        lines.append(f"| {label} | {m['knn']:.2f} | {m['miou']:.2f} | {m['exact']:.2f} | {m['within']:.2f} | "
-                     f"{m['dist']:.2f} | {m['same']:.2f} | - |")
+        lines.append(f"| {label} | " + " | ".join(f"{m[k]:.2f}" for k in KEYS[:-1]) + " | - |")
     corr = baseline_rows["corr"][0]
     lines.append(f"\nchance level of an exact match: {corr['chance']:.2f}% ({corr['grid']} tokens); "
                  f"matching by texture alone: {corr['label_oracle']:.2f}%")
+    return "\n".join(lines)
+
+
+def gains_table(outs: list[Path], seeds: list[int], threads: int, pairs: int) -> str:
+    """One row per study folder: L_R's gain paired by seed (mean ± half the range)."""
+    lines = ["| study | steps | seeds " + HEADER.replace(" per run", ""), "|---" * (len(KEYS) + 3) + "|"]
+    for out in outs:
+        by_seed, _ = study_scores(out, ["view", "view+region"], seeds, threads, pairs)
+        paired, gains = paired_gains(by_seed, seeds)
+        if paired:
+            lines.append(f"| {out.name} | {by_seed['view', paired[0]]['steps']:,} | {len(paired)} | "
+                         + " | ".join(gains[k] for k in KEYS) + " |")
     return "\n".join(lines)
 
 
@@ -149,15 +179,10 @@ def budget_figure(outs: list[Path], losses: list[str], seeds: list[int], threads
     from vitlab.checkpoints.atomic import atomic_write
     series, baseline = {loss: [] for loss in losses}, None
     for out in outs:
+        by_seed, rows = study_scores(out, losses, seeds, threads, pairs)
+        baseline = baseline or (rows and metrics(rows, 1))
         for loss in losses:
-            per_seed = []
-            for seed in seeds:
-                run = out / f"{TAGS[loss]}_s{seed}"
-                if not (run / "final.json").is_file():
-                    continue
-                rows = evaluate(run, baselines=baseline is None, threads=threads, pairs=pairs)
-                baseline = baseline or metrics(rows, 1)
-                per_seed.append({**metrics(rows, 0), "steps": json.loads((run / "final.json").read_text())["step"]})
+            per_seed = [by_seed[loss, s] for s in seeds if (loss, s) in by_seed]
             if per_seed:
                 series[loss].append(per_seed)
     if baseline is None:
@@ -204,7 +229,12 @@ def main() -> None:
                    help="view pairs for the correspondence accuracy (4 per held-out image by default)")
     p.add_argument("--figure", type=Path, help="draw the scores of the --budgets folders against the steps here")
     p.add_argument("--budgets", type=Path, nargs="+", help="study folders of one pretraining budget each")
+    p.add_argument("--gains", type=Path, nargs="+", metavar="DIR",
+                   help="print L_R's gain, paired by seed, for each of these study folders")
     args = p.parse_args()
+    if args.gains:
+        print(gains_table(args.gains, args.seeds, args.threads, args.pairs))
+        return
     if args.figure:
         if not args.budgets:
             raise SystemExit("--figure needs --budgets DIR [DIR ...] (study folders of different budgets)")

@@ -60,3 +60,12 @@ def test_correspondence_scored_with_other_pairs_is_rerun(study, tmp_path):
     with pytest.raises(SystemExit, match="correspondence --data texture-scenes --pairs 400 --model"):
         study.evaluate(tmp_path / "v_s0", baselines=True, threads=1, pairs=400)
     assert study.evaluate(tmp_path / "v_s0", baselines=False, threads=1, pairs=100)["corr"][0]["pairs"] == 100
+
+
+def test_gains_table_has_a_row_per_study(study, tmp_path):
+    for folder, steps, lift in (("short", 360, 1.0), ("long", 1080, 3.0)):
+        fake_run(tmp_path / folder / "v_s0", steps, 40.0, baselines=True)
+        fake_run(tmp_path / folder / "vr_s0", steps, 40.0 + lift, baselines=False)
+    rows = study.gains_table([tmp_path / "short", tmp_path / "long"], [0, 1], 1, 400).splitlines()
+    assert rows[2].startswith("| short | 360 | 1 | 1.00 | 1.00 | 0.25 |")
+    assert rows[3].startswith("| long | 1,080 | 1 | 3.00 | 3.00 | 0.75 |")
