@@ -102,12 +102,11 @@ def pair_scores(feats_a: torch.Tensor, feats_b: torch.Tensor, geom_a: dict, geom
     out = {"exact": (pred == target)[valid].double(), "within_one": near[valid].double(),
            "distance_px": dist[valid], "chance": torch.full((n_valid,), 1.0 / len(feats_b), dtype=torch.float64)}
     if label_map is not None:
-        label_map = torch.as_tensor(label_map).cpu()
         class_a, class_b = labels_at(centres_a, label_map), labels_at(centres_b, label_map)
         keep = valid & (class_a != ignore_index) & (class_b[target] != ignore_index)
-        same_as_true = class_b[None, :] == class_b[target][:, None]                 # (N_A, N_B)
+        tokens_of_class = torch.bincount(class_b)                                   # B's tokens per class
         out["same_region"] = (class_b[pred] == class_a)[keep].double()
-        out["label_oracle"] = (1.0 / same_as_true.sum(1).double())[keep]
+        out["label_oracle"] = (1.0 / tokens_of_class[class_b[target]].double())[keep]
     return out
 
 
@@ -144,18 +143,21 @@ def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view
         raise ValueError(f"correspondence needs at least one pair and one image, got {pairs} pairs of "
                          f"{len(dataset)} images")
     images = min(pairs, len(dataset))
-    if label_maps is not None and len(label_maps) < images:
-        raise ValueError(f"label_maps: expected one map per scored image ({images}), got {len(label_maps)}")
+    if label_maps is not None:
+        label_maps = torch.as_tensor(label_maps).long().cpu()
+        if len(label_maps) < images:
+            raise ValueError(f"label_maps: expected one map per scored image ({images}), got {len(label_maps)}")
     scores = []
     for start in range(0, pairs, batch_size):
         items = []
         for idx in range(start, min(start + batch_size, pairs)):
             g = torch.Generator().manual_seed(seed * 1_000_003 + idx)
-            image = dataset[idx % len(dataset)][0]
-            if label_maps is not None and tuple(label_maps[idx % len(dataset)].shape) not in (
-                    tuple(image.shape[:2]), tuple(image.shape[-2:])):
-                raise ValueError(f"label map {idx % len(dataset)} is {tuple(label_maps[idx % len(dataset)].shape)}, "
-                                 f"expected the image's height x width (image {tuple(image.shape)})")
+            n = idx % len(dataset)
+            image = dataset[n][0]
+            if label_maps is not None and tuple(label_maps.shape[1:]) not in (tuple(image.shape[:2]),
+                                                                              tuple(image.shape[-2:])):
+                raise ValueError(f"label map {n} is {tuple(label_maps.shape[1:])}, expected the image's height x "
+                                 f"width (image {tuple(image.shape)})")
             items.append(transform(image, g))
         views, geoms = [], []
         for v in range(2):
@@ -169,7 +171,7 @@ def evaluate_correspondence(backbone, dataset, *, mean, std, in_chans: int, view
         (ta, grid_a), (tb, grid_b) = views
         size = (view_size, view_size)
         for i in range(len(items)):
-            label_map = None if label_maps is None else torch.as_tensor(label_maps[(start + i) % len(dataset)])
+            label_map = None if label_maps is None else label_maps[(start + i) % len(dataset)]
             scores.append(pair_scores(ta[i], tb[i], geoms[0][i], geoms[1][i], size, size, grid_a, grid_b,
                                       label_map=label_map))
     return {**summarise(scores), "images": images, "grid": f"{grid_a[0]}x{grid_a[1]}"}
